@@ -1,0 +1,156 @@
+"""One source of truth for pipeline parameters.
+
+Precedence: ``--set stage.key=value`` > ``ANITRACK_STAGE__KEY`` environment >
+``anitrack.toml`` (in the working directory or ``--config``) > the defaults below.
+Every key is validated here, once, against the type of its default.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+# key -> (default, one-sentence description). Grouped by stage.
+DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
+    "shots": {
+        "backend": ("transnetv2", "Shot detector: transnetv2 (offline weights), content or adaptive (PySceneDetect)."),
+        "threshold": (0.0, "Detector threshold; 0 means the backend's own default (0.5 / 27.0 / 3.0)."),
+        "min_shot_frames": (4, "Shortest shot in frames; anime shots of ~11 frames are common."),
+    },
+    "detect": {
+        "detector": ("auto", "Person detector: yolo, animeface (face-first) or auto (yolo in full, animeface offline)."),
+        "weights": ("yolov8m.pt", "YOLO weights: a path or a file name in the models directory."),
+        "conf": (0.45, "Minimum detection confidence."),
+        "stride": (3, "Run the detector on every n-th frame."),
+        "workers": (0, "Detector processes inside one episode; 0 means one per CPU core."),
+    },
+    "track": {
+        "iou": (0.30, "Minimum IoU to extend a tracklet."),
+        "max_gap": (15, "Frames a tracklet may go unseen and still be extended."),
+        "min_detections": (3, "Tracklets with fewer detections are dropped."),
+    },
+    "crops": {
+        "per_tracklet": (20, "Crops sampled per tracklet."),
+        "up_ratio": (0.45, "Face box expanded upward by this fraction of its height (hair, ears)."),
+        "pad": (25, "Padding in pixels around the face-anchored crop."),
+        "format": ("webp", "Encoding of crop images stored in the lake: webp, png or jpeg."),
+    },
+    "embed": {
+        "model": ("auto", "Embedder: ccip, descriptor or auto (ccip in full, descriptor offline)."),
+        "ccip_model": ("", "CCIP model name; empty means imgutils' default."),
+        "batch": (32, "Crops per embedding call."),
+    },
+}
+
+PROFILES = ("offline", "full")
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the CLI turns it into exit code 2."""
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    return {stage: {k: v[0] for k, v in keys.items()} for stage, keys in DEFAULTS.items()}
+
+
+def _coerce(key: str, raw: Any, default: Any) -> Any:
+    kind = type(default)
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            if kind is bool:
+                if text.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if text.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if kind is int:
+                return int(text)
+            if kind is float:
+                return float(text)
+            if kind is str:
+                return text
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {raw!r}")
+
+
+def set_value(config: dict, dotted: str, raw: Any) -> None:
+    """Validate and set ``stage.key`` in place."""
+    stage, _, key = dotted.partition(".")
+    if stage not in DEFAULTS or key not in DEFAULTS[stage]:
+        known = ", ".join(f"{s}.{k}" for s in DEFAULTS for k in DEFAULTS[s])
+        raise ConfigError(f"unknown parameter {dotted!r}; known: {known}")
+    value = _coerce(dotted, raw, DEFAULTS[stage][key][0])
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{dotted}: must not be negative, got {value}")
+    config[stage][key] = value
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects stage.key=value, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+def load_config(sets: list[str] | None = None, config_file: str | Path | None = None,
+                environ: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Merge defaults, toml, environment and --set pairs, validating every value."""
+    config = defaults()
+    path = Path(config_file) if config_file else Path("anitrack.toml")
+    if config_file and not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        for stage, keys in data.items():
+            if not isinstance(keys, dict):
+                raise ConfigError(f"{path}: [{stage}] must be a table")
+            for key, value in keys.items():
+                set_value(config, f"{stage}.{key}", value)
+    env = os.environ if environ is None else environ
+    for name, value in sorted(env.items()):
+        if name.startswith("ANITRACK_") and "__" in name:
+            stage, _, key = name[len("ANITRACK_"):].lower().partition("__")
+            set_value(config, f"{stage}.{key}", value)
+    for key, value in parse_sets(sets or []).items():
+        set_value(config, key, value)
+    return config
+
+
+def resolve_profile(config: dict, profile: str) -> dict:
+    """Fill the ``auto`` choices for a profile; returns a new config."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    config = copy.deepcopy(config)
+    if config["detect"]["detector"] == "auto":
+        config["detect"]["detector"] = "yolo" if profile == "full" else "animeface"
+    if config["embed"]["model"] == "auto":
+        config["embed"]["model"] = "ccip" if profile == "full" else "descriptor"
+    choices = {"detect.detector": ("yolo", "animeface"), "embed.model": ("ccip", "descriptor"),
+               "shots.backend": ("transnetv2", "content", "adaptive"), "crops.format": ("webp", "png", "jpeg")}
+    for dotted, allowed in choices.items():
+        stage, key = dotted.split(".")
+        if config[stage][key] not in allowed:
+            raise ConfigError(f"{dotted}: choose from {', '.join(allowed)}, got {config[stage][key]!r}")
+    if config["detect"]["stride"] < 1:
+        raise ConfigError("detect.stride: must be at least 1")
+    return config
+
+
+def canonical(obj: Any) -> str:
+    """Stable JSON used in fingerprints and the stage_runs table."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,52 @@
+"""Face-anchored crops (AniTrack stage 3): geometry, encoding and sampling."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+ENCODE_PARAMS = {"webp": [cv2.IMWRITE_WEBP_QUALITY, 92], "jpeg": [cv2.IMWRITE_JPEG_QUALITY, 92], "png": []}
+
+
+def face_anchored_box(face: np.ndarray, frame_w: int, frame_h: int, up_ratio: float, pad: int) -> np.ndarray:
+    """Face box expanded upward (hair, ears) and padded, clipped to the frame; int xyxy."""
+    x1, y1, x2, y2 = [float(v) for v in face]
+    h = y2 - y1
+    box = np.array([x1 - pad, y1 - up_ratio * h - pad, x2 + pad, y2 + pad])
+    return clip_box(box, frame_w, frame_h)
+
+
+def upper_body_box(person: np.ndarray, frame_w: int, frame_h: int, pad: int) -> np.ndarray:
+    """Fallback when no face is found: the top half of the person box, padded."""
+    x1, y1, x2, y2 = [float(v) for v in person]
+    box = np.array([x1 - pad, y1 - pad, x2 + pad, y1 + 0.5 * (y2 - y1) + pad])
+    return clip_box(box, frame_w, frame_h)
+
+
+def clip_box(box: np.ndarray, frame_w: int, frame_h: int) -> np.ndarray:
+    x1, y1, x2, y2 = np.round(box).astype(int)
+    x1, x2 = max(0, x1), min(frame_w, max(x2, x1 + 1))
+    y1, y2 = max(0, y1), min(frame_h, max(y2, y1 + 1))
+    return np.array([x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)], dtype=np.int32)
+
+
+def encode(rgb: np.ndarray, fmt: str) -> bytes:
+    ok, buf = cv2.imencode("." + ("jpg" if fmt == "jpeg" else fmt), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           ENCODE_PARAMS[fmt])
+    if not ok:
+        raise ValueError(f"could not encode crop as {fmt}")
+    return buf.tobytes()
+
+
+def decode(data: bytes) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a decodable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def even_sample(items: list, k: int) -> list:
+    """Up to k items spread evenly over the list (first and last kept)."""
+    if len(items) <= k:
+        return list(items)
+    idx = np.unique(np.round(np.linspace(0, len(items) - 1, k)).astype(int))
+    return [items[i] for i in idx]

@@ -1,0 +1,80 @@
+"""Detectors, one name each: ``animeface`` (offline, face-first) and ``yolo`` (full, persons).
+
+Every detector has ``detect(frames) -> [(boxes xyxy float32 (N,4), scores (N,))]``
+over a batch of RGB frames, a ``model_id`` for fingerprints and a ``calls``
+counter. animeface holds the GIL, so it runs in worker processes.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+
+def _animeface_faces(rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+    import animeface
+
+    faces = animeface.detect(Image.fromarray(rgb))
+    return [(f.face.pos.x, f.face.pos.y, f.face.pos.x + f.face.pos.width, f.face.pos.y + f.face.pos.height,
+             f.likelihood) for f in faces]
+
+
+def check_animeface() -> None:
+    """animeface silently finds nothing with Pillow >= 12; fail loudly instead."""
+    major = int(importlib.metadata.version("pillow").split(".")[0])
+    if major >= 12:
+        raise RuntimeError(f"animeface needs Pillow < 12 (installed: {importlib.metadata.version('pillow')}); "
+                           "pip install 'pillow<12'")
+
+
+class AnimeFaceDetector:
+    """nagadomi's anime face detector (model inside the ``animeface`` wheel)."""
+
+    name = "animeface"
+
+    def __init__(self, conf: float = 0.45, workers: int = 0):
+        check_animeface()
+        self.conf = conf
+        self.model_id = f"animeface=={importlib.metadata.version('animeface')}"
+        self.calls = 0
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = None
+        if self.workers > 1:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+
+    def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        self.calls += len(frames)
+        raw = list(self._pool.map(_animeface_faces, frames)) if self._pool else [_animeface_faces(f) for f in frames]
+        out = []
+        for faces in raw:
+            kept = np.array([f for f in faces if f[4] >= self.conf], dtype=np.float32).reshape(-1, 5)
+            out.append((kept[:, :4], kept[:, 4]))
+        return out
+
+    def find_faces(self, crops: list[np.ndarray]) -> list[tuple[np.ndarray, float] | None]:
+        """Best face inside each crop (used when persons come from another detector)."""
+        found = []
+        for boxes, scores in self.detect(crops):
+            found.append((boxes[int(np.argmax(scores))], float(scores.max())) if len(scores) else None)
+        return found
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def make_detector(config: dict, device: str = "cpu"):
+    """The configured person/face detector; ``yolo`` loads weights the user named (pickle: trust them)."""
+    det = config["detect"]
+    if det["detector"] == "animeface":
+        return AnimeFaceDetector(conf=det["conf"], workers=det["workers"])
+    if det["detector"] == "yolo":
+        from anitrack.models import YoloPersonDetector
+
+        return YoloPersonDetector(weights=det["weights"], conf=det["conf"], device=device)
+    raise ValueError(f"unknown detector {det['detector']!r}; choose from animeface, yolo")

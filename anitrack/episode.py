@@ -1,0 +1,265 @@
+"""The per-episode pipeline: one decode pass feeds shots, detection, tracking and crops.
+
+Each frame is decoded once. The shot detector sees every frame; the detector
+sees every ``stride``-th frame in small batches; crops are cut from the frame
+while it is in memory and kept encoded, thinned so a long tracklet holds at
+most twice the crops it will keep. Tracklets are split at the shot boundaries
+once the shot detector has finished, then crops are sampled and embedded.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from anitrack import crops as cropping
+from anitrack.detect import AnimeFaceDetector, make_detector
+from anitrack.embed import make_embedder, pool
+from anitrack.shots import cuts_to_shots, make_shot_detector
+from anitrack.tracking import IouTracker, split_at_cuts
+from anitrack.video import iter_frames
+
+DETECT_BATCH = 8
+
+
+@dataclass
+class Candidate:
+    frame: int
+    box: np.ndarray  # crop box in frame pixels
+    face: np.ndarray | None  # face box in crop pixels
+    anchor: str
+    face_score: float
+    image: bytes
+
+
+@dataclass
+class StageClock:
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, stage: str, since: float, calls: int = 0) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        self.calls[stage] += calls
+        return now
+
+
+@dataclass
+class EpisodeOutput:
+    tables: dict[str, pa.Table]
+    n_frames: int
+    fps: float
+    duration_s: float
+    clock: StageClock
+    models: dict[str, str]
+
+
+def shot_params(config: dict, device: str) -> dict:
+    params = {"min_shot_frames": config["shots"]["min_shot_frames"], "device": device}
+    if config["shots"]["threshold"] > 0:
+        params["threshold"] = config["shots"]["threshold"]
+    return params
+
+
+class EpisodePipeline:
+    """Holds the models for one process; ``run`` may be called for many episodes."""
+
+    def __init__(self, config: dict, device: str = "cpu"):
+        self.config = config
+        self.device = device
+        self.detector = make_detector(config, device)
+        self.face_first = self.detector.name == "animeface"
+        self.face_finder = None
+        if not self.face_first:
+            if config["embed"]["model"] == "ccip":
+                from anitrack.models import ImgutilsFaceFinder
+
+                self.face_finder = ImgutilsFaceFinder()
+            else:
+                self.face_finder = AnimeFaceDetector(conf=config["detect"]["conf"], workers=1)
+        self.embedder = make_embedder(config)
+
+    def models(self) -> dict[str, str]:
+        shot = make_shot_detector(self.config["shots"]["backend"], **shot_params(self.config, self.device))
+        return {"shots": getattr(shot, "model", self.config["shots"]["backend"]),
+                "detect": self.detector.model_id, "embed": self.embedder.model_id,
+                "faces": getattr(self.face_finder, "model_id", "") if self.face_finder else ""}
+
+    def close(self) -> None:
+        for part in (self.detector, self.face_finder):
+            if part is not None and hasattr(part, "close"):
+                part.close()
+
+    def run(self, uri: str, series: str, episode: str, progress: Callable[[int], None] | None = None
+            ) -> EpisodeOutput:
+        cfg = self.config
+        stride = cfg["detect"]["stride"]
+        shot_detector = make_shot_detector(cfg["shots"]["backend"], **shot_params(cfg, self.device))
+        tracker = IouTracker(iou=cfg["track"]["iou"], max_gap=cfg["track"]["max_gap"])
+        clock = StageClock()
+        pts: list[float] = []
+        detections: list[tuple[int, np.ndarray, float]] = []
+        candidates: dict[int, Candidate] = {}
+        kept: dict[int, list[int]] = defaultdict(list)  # id(track) -> det ids with a candidate
+        batch = []
+        limit = 2 * cfg["crops"]["per_tracklet"]
+
+        def flush():
+            t = time.perf_counter()
+            results = self.detector.detect([f.rgb for f in batch])
+            t = clock.add("detect", t, calls=len(batch))
+            for frame, (boxes, scores) in zip(batch, results):
+                h, w = frame.rgb.shape[:2]
+                order = np.argsort(-scores, kind="stable")
+                boxes, scores = boxes[order], scores[order]
+                made = self._candidates(frame, boxes, scores, w, h)
+                t = clock.add("crops", t)
+                ids = list(range(len(detections), len(detections) + len(boxes)))
+                detections.extend((frame.index, boxes[i], float(scores[i])) for i in range(len(boxes)))
+                tracks = tracker.update(frame.index, boxes, scores, ids)
+                for det_id, track, cand in zip(ids, tracks, made):
+                    candidates[det_id] = cand
+                    mine = kept[id(track)]
+                    mine.append(det_id)
+                    if len(mine) > limit:  # thin evenly, keep memory bounded per tracklet
+                        for dropped in mine[1::2]:
+                            candidates.pop(dropped, None)
+                        mine[:] = mine[::2]
+                t = clock.add("track", t)
+            batch.clear()
+
+        t = time.perf_counter()
+        for frame in iter_frames(uri):
+            t = clock.add("decode", t)
+            pts.append(frame.t_s)
+            shot_detector.push(frame.index, frame.rgb)
+            t = clock.add("shots", t)
+            if frame.index % stride == 0:
+                batch.append(frame)
+                if len(batch) >= DETECT_BATCH:
+                    flush()
+            if progress and frame.index % 50 == 0:
+                progress(frame.index)
+            t = time.perf_counter()
+        if batch:
+            flush()
+        n = len(pts)
+        fps = (n - 1) / (pts[-1] - pts[0]) if n > 1 and pts[-1] > pts[0] else 24.0
+        frame_end = pts + [pts[-1] + 1.0 / fps]  # end time of frame i is the start of i+1
+        t = time.perf_counter()
+        shots = cuts_to_shots(shot_detector.finish(), n, cfg["shots"]["min_shot_frames"])
+        t = clock.add("shots", t)
+
+        pieces = [(s, p) for s, p in split_at_cuts(tracker.finish(), shots)
+                  if len(p.frames) >= cfg["track"]["min_detections"]]
+        pieces.sort(key=lambda sp: (sp[0], sp[1].frames[0], float(sp[1].boxes[0][0])))
+        tracklet_rows, det_tracklet = [], {}
+        seen = defaultdict(int)
+        for shot_id, piece in pieces:
+            start = piece.frames[0]
+            end = min(piece.frames[-1] + stride, shots[shot_id][1])
+            k = seen[(shot_id, start)]
+            seen[(shot_id, start)] += 1
+            tid = f"{episode}:s{shot_id:04d}:f{start:06d}:{k}"
+            for d in piece.det_ids:
+                det_tracklet[d] = tid
+            tracklet_rows.append({
+                "series": series, "episode": episode, "tracklet_id": tid, "shot_id": shot_id,
+                "start_frame": start, "end_frame": end, "start_s": frame_end[start], "end_s": frame_end[end],
+                "n_detections": len(piece.frames), "mean_score": float(np.mean(piece.scores)),
+                "_dets": piece.det_ids})
+        t = clock.add("track", t)
+
+        crop_rows = []
+        for row in tracklet_rows:
+            own = cropping.even_sample([d for d in row["_dets"] if d in candidates], cfg["crops"]["per_tracklet"])
+            for d in own:
+                c = candidates[d]
+                face = c.face if c.face is not None else [None] * 4
+                crop_rows.append({
+                    "series": series, "episode": episode, "tracklet_id": row["tracklet_id"],
+                    "crop_id": f"{row['tracklet_id']}:{c.frame:06d}", "frame": c.frame, "t_s": pts[c.frame],
+                    "x1": int(c.box[0]), "y1": int(c.box[1]), "x2": int(c.box[2]), "y2": int(c.box[3]),
+                    "anchor": c.anchor, "face_score": c.face_score,
+                    "face_x1": face[0], "face_y1": face[1], "face_x2": face[2], "face_y2": face[3],
+                    "width": int(c.box[2] - c.box[0]), "height": int(c.box[3] - c.box[1]),
+                    "image_format": cfg["crops"]["format"], "image": c.image})
+        t = clock.add("crops", t)
+        embedding_rows = self.embed_crops(crop_rows, clock)
+
+        shot_rows = [{"series": series, "episode": episode, "shot_id": i, "start_frame": s, "end_frame": e,
+                      "start_s": frame_end[s], "end_s": frame_end[e], "backend": cfg["shots"]["backend"]}
+                     for i, (s, e) in enumerate(shots)]
+        shot_of = np.searchsorted([s for s, _ in shots], np.arange(n), side="right") - 1
+        det_rows = [{"series": series, "episode": episode, "frame": f, "t_s": pts[f], "shot_id": int(shot_of[f]),
+                     "tracklet_id": det_tracklet.get(i), "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3],
+                     "score": s, "detector": self.detector.name} for i, (f, b, s) in enumerate(detections)]
+        for row in tracklet_rows:
+            del row["_dets"]
+        from schemas.tables import TABLES
+        from anitrack.lake import conform
+
+        def table(name, rows):
+            return conform(name, pa.Table.from_pylist(rows, schema=TABLES[name]))
+
+        tables = {"shots": table("shots", shot_rows), "detections": table("detections", det_rows),
+                  "tracklets": table("tracklets", tracklet_rows), "crops": table("crops", crop_rows),
+                  "embeddings": table("embeddings", embedding_rows)}
+        return EpisodeOutput(tables, n, fps, frame_end[-1] - frame_end[0], clock, self.models())
+
+    def _candidates(self, frame, boxes, scores, w, h) -> list[Candidate]:
+        cfg = self.config["crops"]
+        out = []
+        if self.face_first:
+            faces = [(b, float(s)) for b, s in zip(boxes, scores)]
+        else:
+            regions = [cropping.clip_box(np.array([b[0], b[1], b[2], b[1] + 0.6 * (b[3] - b[1])]), w, h)
+                       for b in boxes]
+            found = self.face_finder.find_faces([frame.rgb[r[1]:r[3], r[0]:r[2]] for r in regions]) if len(boxes) \
+                else []
+            faces = [None if f is None else (f[0] + np.array([r[0], r[1], r[0], r[1]]), f[1])
+                     for f, r in zip(found, regions)]
+        for person, face in zip(boxes, faces):
+            if face is not None:
+                box = cropping.face_anchored_box(face[0], w, h, cfg["up_ratio"], cfg["pad"])
+                fb = np.round(face[0] - np.array([box[0], box[1], box[0], box[1]])).astype(int)
+                anchor, score = "face", face[1]
+            else:
+                box = cropping.upper_body_box(person, w, h, cfg["pad"])
+                fb, anchor, score = None, "upper_body", 0.0
+            image = cropping.encode(np.ascontiguousarray(frame.rgb[box[1]:box[3], box[0]:box[2]]), cfg["format"])
+            out.append(Candidate(frame.index, box, fb, anchor, score, image))
+        return out
+
+    def embed_crops(self, crop_rows: list[dict], clock: StageClock) -> list[dict]:
+        """Per-crop vectors from the stored (encoded) crops, so they can be recomputed from the lake alone."""
+        t = time.perf_counter()
+        batch_size = self.config["embed"]["batch"]
+        vectors = []
+        for i in range(0, len(crop_rows), batch_size):
+            chunk = crop_rows[i:i + batch_size]
+            images = [cropping.decode(r["image"]) for r in chunk]
+            faces = [None if r["face_x1"] is None else np.array([r["face_x1"], r["face_y1"], r["face_x2"],
+                                                                  r["face_y2"]]) for r in chunk]
+            vectors.append(self.embedder.embed(images, faces))
+        clock.add("embed", t, calls=len(vectors))
+        if not crop_rows:
+            return []
+        matrix = np.concatenate(vectors)
+        model, metric, dim = self.embedder.model_id, self.embedder.metric, matrix.shape[1]
+        rows, by_tracklet = [], defaultdict(list)
+        for r, v in zip(crop_rows, matrix):
+            by_tracklet[r["tracklet_id"]].append(v)
+            rows.append({"series": r["series"], "episode": r["episode"], "tracklet_id": r["tracklet_id"],
+                         "crop_id": r["crop_id"], "kind": "crop", "model": model, "metric": metric, "dim": dim,
+                         "vector": v.tolist()})
+        series, episode = crop_rows[0]["series"], crop_rows[0]["episode"]
+        for tid, vs in by_tracklet.items():
+            rows.append({"series": series, "episode": episode, "tracklet_id": tid, "crop_id": None,
+                         "kind": "tracklet", "model": model, "metric": metric, "dim": dim,
+                         "vector": pool(np.stack(vs)).tolist()})
+        return rows

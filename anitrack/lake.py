@@ -1,0 +1,244 @@
+"""The lake: every write goes through ``Lake.commit``.
+
+Layout: ``<lake>/<table>/series=<s>/episode=<e>/part-<uuid>.parquet`` plus a
+``_COMMIT.json`` per partition that names the live files. A partition becomes
+visible only when its commit marker is written, and the marker is written last:
+data is staged under ``_staging/``, its footer verified, moved to a unique name
+in the partition, and only then is the marker replaced. Readers (``Lake.read``,
+the DuckDB views) list files from markers, never by globbing, so a crash at any
+point leaves either the old partition or the new one. Unique names plus a
+marker written last also hold on object stores that have no atomic rename.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.tables import PARTITIONS, SCHEMA_VERSION, TABLES, with_version
+
+COMMIT = "_COMMIT.json"
+STAGING = "_staging"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class LakeError(RuntimeError):
+    """A lake operation that cannot proceed; the message is user-facing."""
+
+
+def slug(name: str) -> str:
+    """A partition-safe version of a user-given name (series from a folder name)."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
+    return text[:128] or "series"
+
+
+def check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise LakeError(f"invalid {kind} name {value!r}: use letters, digits, '.', '_' or '-'")
+    return value
+
+
+@dataclass(frozen=True)
+class Partition:
+    table: str
+    keys: tuple[tuple[str, str], ...]
+
+    @property
+    def relpath(self) -> str:
+        return "/".join([self.table] + [f"{k}={v}" for k, v in self.keys])
+
+
+class Lake:
+    """A lake rooted at a local path or any fsspec URL."""
+
+    def __init__(self, url: str, create: bool = True):
+        self.url = str(url)
+        self.fs, root = fsspec.core.url_to_fs(self.url)
+        self.root = root.rstrip("/")
+        self.is_local = "file" in _protocols(self.fs)
+        if self.is_local:
+            path = Path(self.root)
+            if not path.parent.exists():
+                raise LakeError(f"lake parent directory {path.parent} does not exist")
+            if path.exists() and not path.is_dir():
+                raise LakeError(f"lake path {path} is a file, not a directory")
+            if create:
+                path.mkdir(exist_ok=True)
+            elif not path.exists():
+                raise LakeError(f"no lake at {path}")
+
+    # -- paths ---------------------------------------------------------------
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def full_url(self, path: str) -> str:
+        """A path inside this lake as a URL other tools (DuckDB, pyarrow) accept."""
+        if self.is_local:
+            return path
+        return self.fs.unstrip_protocol(path)
+
+    def partition(self, table: str, **keys: str) -> Partition:
+        if table not in TABLES:
+            raise LakeError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        names = PARTITIONS[table]
+        if set(keys) != set(names):
+            raise LakeError(f"table {table} is partitioned by {', '.join(names)}")
+        return Partition(table, tuple((k, check_name(k, keys[k])) for k in names))
+
+    # -- commits -------------------------------------------------------------
+    def read_commit(self, part: Partition) -> dict | None:
+        path = self._join(part.relpath, COMMIT)
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return json.loads(fh.read())
+        except FileNotFoundError:
+            return None
+
+    def fingerprint(self, table: str, **keys: str) -> str | None:
+        commit = self.read_commit(self.partition(table, **keys))
+        return commit["fingerprint"] if commit else None
+
+    def commit(self, table: str, data: pa.Table, *, fingerprint: str = "", append: bool = False,
+               run_id: str = "", **keys: str) -> str:
+        """Validate ``data`` against the table schema and publish it atomically.
+
+        ``append`` keeps the partition's live files and adds this one (stage_runs);
+        otherwise the new file replaces them. Returns the new file's path.
+        """
+        part = self.partition(table, **keys)
+        data = conform(table, data)
+        for key, value in part.keys:
+            if key in data.column_names and data.num_rows and set(data.column(key).to_pylist()) != {value}:
+                raise LakeError(f"{table}: column {key!r} must be {value!r} in every row of this partition")
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        staged = self._join(STAGING, name)
+        final = self._join(part.relpath, name)
+        self.fs.makedirs(self._join(STAGING), exist_ok=True)
+        self.fs.makedirs(self._join(part.relpath), exist_ok=True)
+        with self.fs.open(staged, "wb") as fh:
+            pq.write_table(data, fh, compression="zstd")
+        with self.fs.open(staged, "rb") as fh:  # verify the footer before publishing
+            if pq.ParquetFile(fh).metadata.num_rows != data.num_rows:
+                raise LakeError(f"{table}: staged file failed verification")
+        self.fs.mv(staged, final)
+        previous = self.read_commit(part)
+        files = (previous["files"] if previous and append else []) + [name]
+        marker = {
+            "table": table, "keys": dict(part.keys), "files": files, "fingerprint": fingerprint,
+            "rows": data.num_rows + (previous.get("rows", 0) if previous and append else 0),
+            "schema_version": SCHEMA_VERSION, "run_id": run_id,
+            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+        tmp = self._join(part.relpath, f"_tmp-{uuid.uuid4().hex}.json")
+        with self.fs.open(tmp, "wb") as fh:
+            fh.write(json.dumps(marker, indent=1).encode())
+        self.fs.mv(tmp, self._join(part.relpath, COMMIT))  # the commit point
+        self._drop_unreferenced(part, set(files))
+        return final
+
+    def _drop_unreferenced(self, part: Partition, live: set[str]) -> None:
+        """Remove files of this partition that no commit names (replaced or crashed writes)."""
+        for path in self.fs.ls(self._join(part.relpath), detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if name != COMMIT and name not in live:
+                self.fs.rm(path)
+
+    def delete(self, table: str, **keys: str) -> None:
+        """Unpublish a partition (marker first, then its files)."""
+        part = self.partition(table, **keys)
+        path = self._join(part.relpath)
+        if self.fs.exists(self._join(part.relpath, COMMIT)):
+            self.fs.rm(self._join(part.relpath, COMMIT))
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def clean_staging(self, older_than_s: float = 3600) -> None:
+        """Remove staged files abandoned by crashed writers."""
+        base = self._join(STAGING)
+        if not self.fs.exists(base):
+            return
+        for info in self.fs.ls(base, detail=True):
+            mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+            stamp = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime or 0)
+            if time.time() - stamp > older_than_s:
+                self.fs.rm(info["name"])
+
+    # -- reading -------------------------------------------------------------
+    def commits(self, table: str, series: str | None = None) -> list[dict]:
+        if table not in TABLES:
+            raise LakeError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        base = self._join(table) if series is None else self._join(table, f"series={series}")
+        depth = len(PARTITIONS[table]) - (0 if series is None else 1)
+        pattern = base + "/*" * depth + "/" + COMMIT
+        out = []
+        for path in sorted(self.fs.glob(pattern)):
+            with self.fs.open(path, "rb") as fh:
+                commit = json.loads(fh.read())
+            commit["dir"] = path.rsplit("/", 1)[0]
+            out.append(commit)
+        return out
+
+    def files(self, table: str, series: str | None = None) -> list[str]:
+        """Committed Parquet files of a table, as URLs."""
+        return [self.full_url(f"{c['dir']}/{name}") for c in self.commits(table, series) for name in c["files"]]
+
+    def read(self, table: str, series: str | None = None, episode: str | None = None,
+             columns: list[str] | None = None) -> pa.Table:
+        """Committed rows of a table (optionally one series / episode) as one Arrow table."""
+        schema = with_version(TABLES[table])
+        commits = self.commits(table, series)
+        if episode is not None:
+            commits = [c for c in commits if c["keys"].get("episode") == episode]
+        paths = [f"{c['dir']}/{name}" for c in commits for name in c["files"]]
+        if not paths:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        parts = [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths]
+        return pa.concat_tables([conform(table, t, columns) for t in parts])
+
+    def series(self) -> list[str]:
+        base = self._join("episodes")
+        if not self.fs.exists(base):
+            return []
+        return sorted(p.rsplit("series=", 1)[-1] for p in self.fs.ls(base, detail=False) if "series=" in p)
+
+
+def conform(table: str, data: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """Cast ``data`` to the table's schema; a mismatch names the offending column."""
+    schema = with_version(TABLES[table])
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    missing = [f.name for f in schema if f.name not in data.column_names and not f.nullable]
+    if missing:
+        raise LakeError(f"{table}: missing required column {missing[0]!r}")
+    extra = [c for c in data.column_names if c not in schema.names]
+    if extra:
+        raise LakeError(f"{table}: unexpected column {extra[0]!r} (expected: {', '.join(schema.names)})")
+    arrays = []
+    for field in schema:
+        if field.name not in data.column_names:
+            arrays.append(pa.nulls(data.num_rows, field.type))
+            continue
+        column = data.column(field.name)
+        try:
+            column = column.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise LakeError(f"{table}: column {field.name!r} has type {column.type}, expected {field.type}"
+                            f" ({str(exc).splitlines()[0]})") from None
+        if not field.nullable and column.null_count:
+            raise LakeError(f"{table}: column {field.name!r} has nulls but is required")
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)

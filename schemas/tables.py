@@ -1,0 +1,130 @@
+"""The lake's public contract: one Arrow schema per table.
+
+Evolution is additive only (new nullable columns); readers use DuckDB's
+``union_by_name`` so older partitions keep working. ``SCHEMA_VERSION`` is
+written into every Parquet file's metadata.
+"""
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+# Partition columns live in the hive path, but are also stored in the file so a
+# single Parquet file is self-describing when copied out of the lake.
+_PART = [pa.field("series", pa.string(), nullable=False), pa.field("episode", pa.string(), nullable=False)]
+
+EPISODES = pa.schema(_PART + [
+    pa.field("episode_number", pa.int32()),
+    pa.field("uri", pa.string()),
+    pa.field("content_hash", pa.string()),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("fps", pa.float64()),
+    pa.field("n_frames", pa.int64()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("status", pa.string()),  # "ok" | "failed"
+    pa.field("error", pa.string()),
+    pa.field("profile", pa.string()),
+    pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+])
+
+SHOTS = pa.schema(_PART + [
+    pa.field("shot_id", pa.int32(), nullable=False),
+    pa.field("start_frame", pa.int64(), nullable=False),
+    pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("backend", pa.string()),
+])
+
+DETECTIONS = pa.schema(_PART + [
+    pa.field("frame", pa.int64(), nullable=False),
+    pa.field("t_s", pa.float64(), nullable=False),
+    pa.field("shot_id", pa.int32()),
+    pa.field("tracklet_id", pa.string()),  # null: dropped by the tracker (too short)
+    pa.field("x1", pa.float32()), pa.field("y1", pa.float32()),
+    pa.field("x2", pa.float32()), pa.field("y2", pa.float32()),
+    pa.field("score", pa.float32()),
+    pa.field("detector", pa.string()),
+])
+
+TRACKLETS = pa.schema(_PART + [
+    pa.field("tracklet_id", pa.string(), nullable=False),
+    pa.field("shot_id", pa.int32(), nullable=False),
+    pa.field("start_frame", pa.int64(), nullable=False),
+    pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("n_detections", pa.int32(), nullable=False),
+    pa.field("mean_score", pa.float32()),
+])
+
+CROPS = pa.schema(_PART + [
+    pa.field("tracklet_id", pa.string(), nullable=False),
+    pa.field("crop_id", pa.string(), nullable=False),
+    pa.field("frame", pa.int64(), nullable=False),
+    pa.field("t_s", pa.float64()),
+    pa.field("x1", pa.int32()), pa.field("y1", pa.int32()),
+    pa.field("x2", pa.int32()), pa.field("y2", pa.int32()),
+    pa.field("anchor", pa.string()),  # "face" | "upper_body"
+    pa.field("face_score", pa.float32()),
+    # the face inside the crop, in crop pixels (null for upper-body fallbacks)
+    pa.field("face_x1", pa.int32()), pa.field("face_y1", pa.int32()),
+    pa.field("face_x2", pa.int32()), pa.field("face_y2", pa.int32()),
+    pa.field("width", pa.int32()), pa.field("height", pa.int32()),
+    pa.field("image_format", pa.string()),
+    pa.field("image", pa.binary()),
+])
+
+EMBEDDINGS = pa.schema(_PART + [
+    pa.field("tracklet_id", pa.string(), nullable=False),
+    pa.field("crop_id", pa.string()),  # null: the tracklet's pooled vector
+    pa.field("kind", pa.string(), nullable=False),  # "crop" | "tracklet"
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("metric", pa.string()),  # "cosine" | "ccip"
+    pa.field("dim", pa.int32()),
+    pa.field("vector", pa.list_(pa.float32()), nullable=False),
+])
+
+STAGE_RUNS = pa.schema(_PART + [
+    pa.field("run_id", pa.string()),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("parameters", pa.string()),  # canonical JSON
+    pa.field("model", pa.string()),
+    pa.field("fingerprint", pa.string()),
+    pa.field("reused", pa.bool_()),
+    pa.field("seconds", pa.float64()),
+    pa.field("frames_decoded", pa.int64()),
+    pa.field("model_calls", pa.int64()),
+    pa.field("rows", pa.int64()),
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+])
+
+REFERENCES = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("character", pa.string(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("vector", pa.list_(pa.float32()), nullable=False),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "episodes": EPISODES,
+    "shots": SHOTS,
+    "detections": DETECTIONS,
+    "tracklets": TRACKLETS,
+    "crops": CROPS,
+    "embeddings": EMBEDDINGS,
+    "stage_runs": STAGE_RUNS,
+    "references": REFERENCES,
+}
+
+# Hive partition keys per table; every key is a string (pinned, never auto-cast).
+PARTITIONS: dict[str, tuple[str, ...]] = {name: ("series", "episode") for name in TABLES}
+PARTITIONS["references"] = ("series",)
+
+
+def with_version(schema: pa.Schema) -> pa.Schema:
+    """Schema carrying the version marker written into Parquet metadata."""
+    return schema.with_metadata({b"anitrack.schema_version": SCHEMA_VERSION.encode()})

@@ -1,0 +1,45 @@
+"""Prefect tasks around ``anitrack.ingest``: small values in, small values out (lake URIs, summaries)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import get_run_logger, task
+
+from anitrack import progress
+from anitrack.ingest import EpisodeSpec, discover, ingest_episode
+
+
+@task(name="discover-episodes", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=lambda task, run, state: _transient(state))
+def discover_episodes(source: str) -> list[str]:
+    """List the source's video files (retried: listing a bucket can fail transiently)."""
+    return discover(source)
+
+
+@task(name="ingest-episode", task_run_name="ingest-{spec.episode}")
+def ingest_episode_task(spec: EpisodeSpec) -> dict:
+    """One episode in a child process; failures are data (an ``episodes`` row), not exceptions."""
+    logger = get_run_logger()
+    board = progress.current()
+    result = ingest_episode(spec, progress=(lambda done, total: board.update(spec.episode, done, total))
+                            if board else None)
+    if board:
+        board.finish(spec.episode, result["status"])
+    if result["status"] == "failed":
+        logger.warning("episode %s failed: %s", spec.episode, result["error"])
+    else:
+        logger.info("episode %s %s in %.1f s", spec.episode, result["status"], result.get("seconds", 0.0))
+    return result
+
+
+def _transient(state) -> bool:
+    try:
+        state.result()
+    except (OSError, TimeoutError, ConnectionError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+__all__ = ["discover_episodes", "ingest_episode_task", "EpisodeSpec", "asdict"]
