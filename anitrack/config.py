@@ -25,6 +25,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "weights": ("yolov8m.pt", "YOLO weights: a path or a file name in the models directory."),
         "conf": (0.45, "Minimum detection confidence."),
         "stride": (3, "Run the detector on every n-th frame."),
+        "max_side": (960, "animeface sees frames downscaled to this longest side (it slows with pixels); 0 = full size."),
         "workers": (0, "Detector processes inside one episode; 0 means one per CPU core."),
     },
     "track": {

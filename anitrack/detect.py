@@ -15,12 +15,17 @@ import numpy as np
 from PIL import Image
 
 
-def _animeface_faces(rgb: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+def _animeface_faces(rgb: np.ndarray, max_side: int = 0) -> list[tuple[float, float, float, float, float]]:
     import animeface
 
-    faces = animeface.detect(Image.fromarray(rgb))
-    return [(f.face.pos.x, f.face.pos.y, f.face.pos.x + f.face.pos.width, f.face.pos.y + f.face.pos.height,
-             f.likelihood) for f in faces]
+    scale = 1.0
+    image = Image.fromarray(rgb)
+    if max_side and max(image.size) > max_side:
+        scale = max(image.size) / max_side
+        image = image.resize((round(image.size[0] / scale), round(image.size[1] / scale)), Image.BILINEAR)
+    faces = animeface.detect(image)
+    return [(f.face.pos.x * scale, f.face.pos.y * scale, (f.face.pos.x + f.face.pos.width) * scale,
+             (f.face.pos.y + f.face.pos.height) * scale, f.likelihood) for f in faces]
 
 
 def check_animeface() -> None:
@@ -36,9 +41,10 @@ class AnimeFaceDetector:
 
     name = "animeface"
 
-    def __init__(self, conf: float = 0.45, workers: int = 0):
+    def __init__(self, conf: float = 0.45, workers: int = 0, max_side: int = 0):
         check_animeface()
         self.conf = conf
+        self.max_side = max_side
         self.model_id = f"animeface=={importlib.metadata.version('animeface')}"
         self.calls = 0
         self.workers = workers or os.cpu_count() or 1
@@ -48,7 +54,9 @@ class AnimeFaceDetector:
 
     def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         self.calls += len(frames)
-        raw = list(self._pool.map(_animeface_faces, frames)) if self._pool else [_animeface_faces(f) for f in frames]
+        sides = [self.max_side] * len(frames)
+        raw = list(self._pool.map(_animeface_faces, frames, sides)) if self._pool else \
+            [_animeface_faces(f, self.max_side) for f in frames]
         out = []
         for faces in raw:
             kept = np.array([f for f in faces if f[4] >= self.conf], dtype=np.float32).reshape(-1, 5)
@@ -72,7 +80,7 @@ def make_detector(config: dict, device: str = "cpu"):
     """The configured person/face detector; ``yolo`` loads weights the user named (pickle: trust them)."""
     det = config["detect"]
     if det["detector"] == "animeface":
-        return AnimeFaceDetector(conf=det["conf"], workers=det["workers"])
+        return AnimeFaceDetector(conf=det["conf"], workers=det["workers"], max_side=det["max_side"])
     if det["detector"] == "yolo":
         from anitrack.models import YoloPersonDetector
 

@@ -194,21 +194,29 @@ def _run_child(job: dict, progress, timeout_s) -> tuple[bool, str]:
     def read_stderr():
         for line in proc.stderr:
             if line.startswith("@progress "):
-                done, total = (int(x) for x in line.split()[1:3])
-                if progress:
-                    progress(done, total)
+                numbers = line.split()[1:3]
+                if progress and len(numbers) == 2 and all(n.isdigit() for n in numbers):
+                    progress(int(numbers[0]), int(numbers[1]))
             elif line.strip():
                 errors.append(line.rstrip())
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     try:
-        out, _ = proc.communicate(json.dumps(job), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        proc.stdin.write(json.dumps(job))
+        proc.stdin.close()
+    except BrokenPipeError:  # the child died before reading its job; its exit code tells
+        pass
+    timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
+    if timer:
+        timer.start()
+    out = proc.stdout.read()
+    proc.wait()
+    if timer:
+        timer.cancel()
+    reader.join(timeout=10)
+    if timeout_s and proc.returncode == -9 and not out:
         return False, f"timed out after {timeout_s:.0f} s"
-    reader.join(timeout=5)
     if proc.returncode == 0:
         return True, out.strip().splitlines()[-1]
     reasons = [e for e in errors if e.startswith("@error ")]

@@ -65,10 +65,10 @@ def run_query(con: duckdb.DuckDBPyConnection, query: str, timeout_s: float = 120
     timer = threading.Timer(timeout_s, con.interrupt)
     timer.start()
     try:
-        result = None
-        for statement in statements:
-            result = con.execute(statement.query)
-        return result.fetch_arrow_table()
+        *before, last = statements
+        for statement in before:
+            con.execute(statement.query)
+        return con.sql(last.query).to_arrow_table()
     except duckdb.InterruptException:
         raise QueryError(f"query cancelled after {timeout_s:.0f} s") from None
     except duckdb.Error as exc:

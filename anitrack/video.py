@@ -76,8 +76,9 @@ def _open(uri: str):
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    """FFmpeg's own words, without the errno and the repeated file name."""
+    text = getattr(exc, "strerror", None) or (str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+    return (text or type(exc).__name__)[:160]
 
 
 def probe(uri: str) -> VideoInfo:

@@ -1,0 +1,3 @@
+from anitrack.cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""Shared fixtures: real clips from ../shared, small synthetic series, a Prefect harness."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "real"
+ANITRACK = [sys.executable, "-m", "anitrack"]
+
+
+def real_clip(name: str) -> Path:
+    path = REAL / name
+    if not path.exists():
+        pytest.skip(f"real clip {path} is not available (expected ../shared beside the repo)")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real ``anitrack`` command line in a child process."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([*ANITRACK, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"anitrack {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def synth_series(tmp_path_factory) -> Path:
+    """A small synthetic series (3 episodes of 16 s) with truth.json, rendered once per session."""
+    from anitrack.synth import synthesize_series
+
+    out = tmp_path_factory.mktemp("synth")
+    return synthesize_series(out, series="mini", episodes=3, characters=4, seconds=16, seed=11)
+
+
+@pytest.fixture(scope="session")
+def synth_truth(synth_series) -> dict:
+    return json.loads((synth_series / "truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ingested_lake(synth_series, tmp_path_factory) -> Path:
+    """The synthetic series ingested once, offline, through the real CLI (Prefect ephemeral mode)."""
+    lake = tmp_path_factory.mktemp("lakes") / "lake"
+    run_cli("ingest", str(synth_series), "--lake", str(lake), "--series", "mini", check=True)
+    return lake
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -1,0 +1,40 @@
+import pytest
+
+from anitrack.config import ConfigError, load_config, resolve_profile
+
+
+def test_defaults_follow_the_paper():
+    cfg = load_config(environ={})
+    assert cfg["detect"]["conf"] == 0.45 and cfg["detect"]["stride"] == 3
+    assert cfg["track"] == {"iou": 0.30, "max_gap": 15, "min_detections": 3}
+    assert cfg["crops"]["per_tracklet"] == 20 and cfg["crops"]["up_ratio"] == 0.45 and cfg["crops"]["pad"] == 25
+    assert cfg["shots"]["backend"] == "transnetv2" and cfg["shots"]["min_shot_frames"] < 15
+
+
+def test_precedence_set_over_env_over_toml(tmp_path):
+    toml = tmp_path / "anitrack.toml"
+    toml.write_text("[detect]\nconf = 0.5\nstride = 2\n[track]\niou = 0.4\n")
+    cfg = load_config(["detect.conf=0.7"], toml, environ={"ANITRACK_DETECT__STRIDE": "4"})
+    assert cfg["detect"]["conf"] == 0.7 and cfg["detect"]["stride"] == 4 and cfg["track"]["iou"] == 0.4
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("cluster.nope=1", "unknown parameter"),
+    ("detect.conf=high", "expected float"),
+    ("detect.stride=2.5", "expected int"),
+    ("detect.conf", "stage.key=value"),
+    ("track.iou=-1", "negative"),
+])
+def test_bad_values_are_refused(pair, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([pair], environ={})
+
+
+def test_profiles_fill_auto_choices():
+    assert resolve_profile(load_config(environ={}), "offline")["detect"]["detector"] == "animeface"
+    full = resolve_profile(load_config(environ={}), "full")
+    assert full["detect"]["detector"] == "yolo" and full["embed"]["model"] == "ccip"
+    with pytest.raises(ConfigError):
+        resolve_profile(load_config(environ={}), "fast")
+    with pytest.raises(ConfigError, match="shots.backend"):
+        resolve_profile(load_config(["shots.backend=magic"], environ={}), "offline")
