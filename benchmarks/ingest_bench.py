@@ -1,0 +1,121 @@
+"""Offline-profile ingestion speed and memory, measured side by side in one run.
+
+For a synthetic 480p episode of each length it prints: decode-only seconds
+(PyAV, the same decode the pipeline does), pipeline seconds (one episode
+through the real child process), their ratio, the real-time factor, frames
+decoded per frame of video (target 1.0), model calls per minute of video and
+the peak memory of the episode's process tree (target < 3 GiB).
+
+    python benchmarks/ingest_bench.py --minutes 2 10
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from anitrack.config import load_config, resolve_profile
+from anitrack.ingest import EpisodeSpec, ingest_episode
+from anitrack.lake import Lake
+from anitrack.synth import synthesize_series
+from anitrack.video import iter_frames
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of a process and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+class PeakMemory:
+    """Polls this process tree's RSS (the episode runs in child processes)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
+
+    def _poll(self, interval):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(os.getpid()) - self.base)
+            time.sleep(interval)
+
+    def __enter__(self):
+        self.base = tree_rss_bytes(os.getpid())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def bench(minutes: float, work: Path, workers: int) -> dict:
+    folder = synthesize_series(work / f"src{minutes:g}", series=f"bench{minutes:g}".replace(".", "_"), episodes=1,
+                               characters=5, seconds=minutes * 60, seed=3)
+    video = sorted(folder.glob("*.mp4"))[0]
+    t = time.perf_counter()
+    n = sum(1 for _ in iter_frames(str(video)))
+    decode_s = time.perf_counter() - t
+    config = resolve_profile(load_config(environ={}), "offline")
+    config["detect"]["workers"] = workers
+    lake = work / f"lake{minutes:g}"
+    spec = EpisodeSpec(uri=str(video), series="bench", episode=video.stem, lake=str(lake), config=config,
+                       profile="offline", threads=workers)
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        result = ingest_episode(spec)
+        pipeline_s = time.perf_counter() - t
+    if result["status"] != "ok":
+        raise SystemExit(f"ingest failed: {result['error']}")
+    runs = Lake(str(lake)).read("stage_runs").to_pylist()
+    decoded = sum(r["frames_decoded"] for r in runs)
+    calls = {r["stage"]: r["model_calls"] for r in runs}
+    video_s = result["duration_s"]
+    return {"minutes": minutes, "frames": n, "video_s": video_s, "decode_s": decode_s, "pipeline_s": pipeline_s,
+            "ratio": pipeline_s / decode_s, "realtime": video_s / pipeline_s, "decoded_per_frame": decoded / n,
+            "calls_per_min": {k: round(v / (video_s / 60), 1) for k, v in calls.items() if v},
+            "peak_gib": mem.peak / 2**30, "stages": result["stage_seconds"], "tracklets": result["tracklets"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 10.0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for minutes in args.minutes:
+            r = bench(minutes, Path(tmp), args.workers)
+            print(f"\n{minutes:g}-minute 854x480 episode, {r['frames']} frames, {r['tracklets']} tracklets")
+            print(f"  decode only     {r['decode_s']:8.1f} s")
+            print(f"  pipeline        {r['pipeline_s']:8.1f} s   ratio to decode {r['ratio']:.1f}x (target <= 15)")
+            print(f"  real-time factor {r['realtime']:7.2f}x  (video {r['video_s']:.0f} s; target > 1)")
+            print(f"  frames decoded per frame {r['decoded_per_frame']:.2f} (target 1.0)")
+            print(f"  model calls per minute   {r['calls_per_min']}")
+            print(f"  peak memory     {r['peak_gib']:8.2f} GiB (target < 3)")
+            print(f"  stage seconds   {r['stages']}")
+
+
+if __name__ == "__main__":
+    main()

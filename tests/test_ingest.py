@@ -1,0 +1,234 @@
+"""End-to-end ingestion through the real CLI, Prefect, PyAV, TransNetV2, animeface and the lake."""
+from __future__ import annotations
+
+import json
+import shutil
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from anitrack.lake import Lake
+from anitrack.sql import connect, run_query
+from tests.conftest import real_clip, run_cli
+
+
+def q(lake_path, sql: str) -> list[dict]:
+    return run_query(connect(Lake(str(lake_path), create=False)), sql).to_pylist()
+
+
+def test_every_episode_is_ingested(ingested_lake, synth_truth):
+    rows = q(ingested_lake, "SELECT episode, status, n_frames FROM episodes ORDER BY episode")
+    truth = {e["episode"]: e["n_frames"] for e in synth_truth["episodes"]}
+    assert {r["episode"]: (r["status"], r["n_frames"]) for r in rows} == {e: ("ok", n) for e, n in truth.items()}
+    for table in ("shots", "detections", "tracklets", "crops", "embeddings"):
+        per_episode = q(ingested_lake, f"SELECT count(DISTINCT episode) AS n FROM {table}")[0]["n"]
+        assert per_episode == len(truth), table
+
+
+def test_shot_boundaries_are_exact_on_hard_cuts(ingested_lake, synth_truth):
+    for ep in synth_truth["episodes"]:
+        found = [r["start_frame"] for r in q(ingested_lake, f"SELECT start_frame FROM shots WHERE episode = "
+                                                            f"'{ep['episode']}' ORDER BY shot_id")]
+        assert found == [s["start_frame"] for s in ep["shots"]], ep["episode"]
+
+
+def test_shot_times_come_from_timestamps(ingested_lake, synth_truth):
+    fps = synth_truth["fps"]
+    for row in q(ingested_lake, "SELECT start_frame, start_s, end_frame, end_s FROM shots"):
+        assert row["start_s"] == pytest.approx(row["start_frame"] / fps, abs=1e-3)
+        assert row["end_s"] == pytest.approx(row["end_frame"] / fps, abs=1e-3)
+
+
+def test_no_tracklet_crosses_a_cut(ingested_lake, synth_truth):
+    for ep in synth_truth["episodes"]:
+        shots = [(s["start_frame"], s["end_frame"]) for s in ep["shots"]]
+        rows = q(ingested_lake, f"SELECT tracklet_id, start_frame, end_frame, n_detections FROM tracklets "
+                                f"WHERE episode = '{ep['episode']}'")
+        assert rows, ep["episode"]
+        for r in rows:
+            assert any(s <= r["start_frame"] and r["end_frame"] <= e for s, e in shots), r
+            assert r["n_detections"] >= 3
+
+
+def test_every_character_is_in_some_tracklet(ingested_lake, synth_series, synth_truth):
+    """Each kept detection is matched to the truth face box containing its centre."""
+    import csv
+
+    truth_boxes = {}
+    with open(synth_series / "face_boxes.csv") as fh:
+        for row in csv.DictReader(fh):
+            truth_boxes.setdefault((row["episode"], int(row["frame"])), []).append(row)
+    found = set()
+    for d in q(ingested_lake, "SELECT episode, frame, x1, y1, x2, y2 FROM detections WHERE tracklet_id IS NOT NULL"):
+        cx, cy = (d["x1"] + d["x2"]) / 2, (d["y1"] + d["y2"]) / 2
+        for box in truth_boxes.get((d["episode"], d["frame"]), []):
+            x, y, w, h = (float(box[k]) for k in "xywh")
+            if x <= cx <= x + w and y <= cy <= y + h:
+                found.add(box["character"])
+    on_screen = {a["character"] for e in synth_truth["episodes"] for a in e["appearances"]} - {"_extra"}
+    assert on_screen == set(synth_truth["characters"])
+    assert on_screen <= found
+
+
+def test_crops_are_images_in_the_lake(ingested_lake):
+    from anitrack.crops import decode
+
+    rows = q(ingested_lake, "SELECT tracklet_id, count(*) AS n, any_value(image) AS image, "
+                            "any_value(anchor) AS anchor FROM crops GROUP BY 1")
+    assert rows and all(1 <= r["n"] <= 20 for r in rows)
+    image = decode(rows[0]["image"])
+    assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 20
+
+
+def test_embeddings_per_crop_and_per_tracklet(ingested_lake):
+    rows = q(ingested_lake, """
+        SELECT t.tracklet_id, count(e.crop_id) AS crops, count(*) FILTER (WHERE e.kind = 'tracklet') AS pooled,
+               any_value(e.model) AS model, any_value(len(e.vector)) AS dim
+        FROM tracklets t JOIN embeddings e USING (series, episode, tracklet_id) GROUP BY 1""")
+    n_tracklets = q(ingested_lake, "SELECT count(*) AS n FROM tracklets")[0]["n"]
+    assert len(rows) == n_tracklets
+    assert all(r["pooled"] == 1 and r["crops"] >= 1 and r["model"] == "descriptor-v1" for r in rows)
+    vec = np.array(q(ingested_lake, "SELECT vector FROM embeddings WHERE kind = 'tracklet' LIMIT 1")[0]["vector"])
+    assert vec.dtype == np.float64 and abs(np.linalg.norm(vec) - 1) < 1e-4
+
+
+def test_tracklet_ids_are_deterministic_and_stage_runs_recorded(ingested_lake):
+    ids = [r["tracklet_id"] for r in q(ingested_lake, "SELECT tracklet_id FROM tracklets ORDER BY 1")]
+    assert len(ids) == len(set(ids))
+    runs = q(ingested_lake, "SELECT stage, sum(frames_decoded) AS frames, count(*) AS n FROM stage_runs GROUP BY 1")
+    stages = {r["stage"]: r for r in runs}
+    assert {"decode", "shots", "detections", "tracklets", "crops", "embeddings"} <= set(stages)
+    total_frames = q(ingested_lake, "SELECT sum(n_frames) AS n FROM episodes")[0]["n"]
+    assert stages["decode"]["frames"] == total_frames  # each frame decoded exactly once
+
+
+def test_reingesting_an_unchanged_series_does_no_work(ingested_lake, synth_series):
+    before = {p: p.stat().st_mtime_ns for p in ingested_lake.rglob("*.parquet")}
+    proc = run_cli("ingest", str(synth_series), "--lake", str(ingested_lake), "--series", "mini",
+                   "--format", "json", check=True)
+    statuses = [json.loads(line)["status"] for line in proc.stdout.splitlines()]
+    assert statuses and set(statuses) == {"skipped"}
+    assert {p: p.stat().st_mtime_ns for p in ingested_lake.rglob("*.parquet")} == before
+
+
+def test_sql_command_formats(ingested_lake):
+    proc = run_cli("sql", "--lake", str(ingested_lake), "--format", "csv",
+                   "SELECT episode, count(*) AS n FROM tracklets GROUP BY 1 ORDER BY 1", check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == '"episode","n"' and len(lines) == 4
+    proc = run_cli("sql", "--lake", str(ingested_lake), "COPY tracklets TO 'x.csv'")
+    assert proc.returncode == 1 and "read-only" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _audio_only(path):
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            frame.pts = i * 1024
+            frame.time_base = Fraction(1, 16000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def test_bad_files_fail_alone(tmp_path, synth_series):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = sorted(synth_series.glob("*.mp4"))[0]
+    shutil.copy(good, src / "ep_01.mp4")
+    data = good.read_bytes()
+    (src / "ep_02.mp4").write_bytes(data[: len(data) // 2])  # truncated
+    (src / "ep_03.mp4").write_bytes(b"")  # zero length
+    (src / "ep_04.mkv").write_text("this is not a video\n")
+    _audio_only(src / "ep_05.mp4")
+    corrupt = bytearray(data)
+    corrupt[len(corrupt) // 3: len(corrupt) // 3 + 20000] = bytes(20000)
+    (src / "ep_06.mp4").write_bytes(bytes(corrupt[:200]) + bytes(5000))  # header only, garbage after
+    lake = tmp_path / "lake"
+    proc = run_cli("ingest", str(src), "--lake", str(lake), "--series", "bad")
+    assert proc.returncode == 1, proc.stderr
+    rows = {r["episode"]: r for r in q(lake, "SELECT episode, status, error FROM episodes")}
+    assert rows["ep_01"]["status"] == "ok"
+    for name in ("ep_02", "ep_03", "ep_04", "ep_05", "ep_06"):
+        assert rows[name]["status"] == "failed" and rows[name]["error"], name
+        line = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"anitrack: episode {name} failed")]
+        assert len(line) == 1, proc.stderr
+    assert "no video stream" in rows["ep_05"]["error"]
+    assert "Traceback" not in proc.stderr
+    # failed episodes leave no stage partitions behind; the good one is complete
+    assert q(lake, "SELECT DISTINCT episode FROM tracklets") == [{"episode": "ep_01"}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lake", "/definitely/not/here/lake"], "does not exist"),
+    (["--lake", "{tmp}/lake", "--set", "detect.conf=high"], "expected float"),
+    (["--lake", "{tmp}/lake", "--set", "cluster.nope=1"], "unknown parameter"),
+    (["--lake", "{tmp}/lake", "--profile", "fast"], "profile"),
+])
+def test_usage_errors_exit_2(tmp_path, synth_series, args, message):
+    proc = run_cli("ingest", str(synth_series), *[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_source_fails_cleanly(tmp_path):
+    proc = run_cli("ingest", str(tmp_path / "nothing-here"), "--lake", str(tmp_path / "lake"))
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+
+
+def test_real_onepiece_cut_and_faces(tmp_path):
+    clip = real_clip("onepiece_demo.mp4")
+    lake = tmp_path / "lake"
+    run_cli("ingest", str(clip), "--lake", str(lake), "--series", "onepiece", check=True)
+    shots = q(lake, "SELECT start_frame FROM shots ORDER BY 1")
+    assert [r["start_frame"] for r in shots] == [0, 100]
+    assert q(lake, "SELECT count(*) AS n FROM detections WHERE frame < 100")[0]["n"] >= 1  # Luffy in shot 1
+
+
+def test_real_anya_face_is_found(tmp_path):
+    clip = real_clip("anidoc_sample1.mp4")
+    lake = tmp_path / "lake"
+    run_cli("ingest", str(clip), "--lake", str(lake), "--series", "anidoc", check=True)
+    assert q(lake, "SELECT count(*) AS n FROM detections")[0]["n"] >= 1
+    assert q(lake, "SELECT count(*) AS n FROM shots")[0]["n"] == 1
+
+
+def test_fsspec_memory_source(tmp_path, synth_series, prefect_harness):
+    """Any fsspec URL is a source: here an in-memory filesystem, ingested by the flow in-process."""
+    import fsspec
+
+    from anitrack.config import load_config
+    from flows.ingest import run_ingest
+
+    fs = fsspec.filesystem("memory")
+    good = sorted(synth_series.glob("*.mp4"))[0]
+    fs.pipe("/series-x/ep_07.mp4", good.read_bytes())
+    results = run_ingest("memory://series-x/", str(tmp_path / "lake"), "x", load_config(environ={}), "offline")
+    assert [r["status"] for r in results] == ["ok"]
+    uri = q(tmp_path / "lake", "SELECT uri FROM episodes")[0]["uri"]
+    assert uri.startswith("memory://") and uri.endswith("/series-x/ep_07.mp4")
+
+
+def test_lake_import_validates_against_the_schema(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "emb.parquet"
+    pq.write_table(pa.table({"tracklet_id": ["t1", "t2"], "kind": ["tracklet"] * 2, "model": ["mine"] * 2,
+                             "vector": [[0.1, 0.2], [0.3, 0.4]]}), good)
+    lake = tmp_path / "lake"
+    proc = run_cli("lake", "import", "embeddings", str(good), "--lake", str(lake), "--series", "s",
+                   "--episode", "e1", check=True)
+    assert "imported 2 rows" in proc.stdout
+    assert q(lake, "SELECT count(*) AS n FROM embeddings WHERE model = 'mine'")[0]["n"] == 2
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"tracklet_id": ["t1"], "kind": ["tracklet"], "model": ["m"], "vector": ["oops"]}), bad)
+    proc = run_cli("lake", "import", "embeddings", str(bad), "--lake", str(lake), "--series", "s", "--episode", "e2")
+    assert proc.returncode == 1 and "'vector'" in proc.stderr
+    assert q(lake, "SELECT count(DISTINCT episode) AS n FROM embeddings")[0]["n"] == 1
