@@ -141,10 +141,10 @@ def _ingest(source, lake, series, profile, sets, config_file, parallel, device) 
         discover(source)  # fail fast, before starting Prefect, on a source that is not there
     except SourceError as exc:
         raise Failure(str(exc)) from None
-    if profile == "full":
-        from anitrack.ingest import model_ids
+    if profile == "full" or config["detect"]["detector"] == "yolo" or config["embed"]["model"] == "ccip":
+        from anitrack.models import check_full_profile
 
-        model_ids(config)  # a missing model fails here, at once
+        check_full_profile(config)  # a missing model fails here, at once
     from anitrack import progress
     from flows.ingest import run_ingest
 
@@ -169,6 +169,139 @@ def _print_results(results: list[dict], fmt: str) -> None:
 
     cols = ("episode", "status", "frames", "shots", "tracklets", "crops", "seconds", "error")
     print_table(pa.Table.from_pylist([{k: r.get(k) for k in cols} for r in results]), fmt)
+
+
+def _identify_summary(summary: dict, fmt: str = "table") -> None:
+    import pyarrow as pa
+
+    cols = ("cluster_id", "character", "named", "source", "closest", "similarity", "n_tracklets")
+    chars = sorted(summary["characters"], key=lambda c: (not c["named"], c["character"]))
+    print_table(pa.Table.from_pylist([{k: c[k] for k in cols} for c in chars]), fmt)
+    q = [r for r in summary["quality"] if r["character"] is None]
+    print_table(pa.Table.from_pylist([{"metric": r["metric"], "value": r["value"]} for r in q]), fmt)
+    _err(f"identity run {summary['run_id']} ({summary['mode']}): {summary['tracklets']} tracklets, "
+         f"{len(summary['characters'])} characters in {summary['seconds']:.1f} s")
+
+
+def _identity_errors():
+    from anitrack.identify import IdentifyError
+
+    return IdentifyError
+
+
+@app.command()
+def identify(lake: str = typer.Option(..., help="Lake folder or URL."),
+             series: str = typer.Option(..., help="Series to identify."),
+             references: Optional[Path] = typer.Option(None, help="Reference gallery: one folder per character."),
+             truth: Optional[Path] = typer.Option(None, help="truth.json to score the result against."),
+             profile: str = typer.Option("offline", help="Must match the profile the series was ingested with."),
+             set_: list[str] = typer.Option([], "--set", help="Override a parameter: stage.key=value."),
+             config_file: Optional[Path] = typer.Option(None, "--config"),
+             full: bool = typer.Option(False, "--full", help="Re-cluster from scratch instead of incrementally."),
+             fmt: str = typer.Option("table", "--format")):
+    """Cluster the series' tracklets into characters, name them from references, and report quality."""
+    from anitrack.identify import check_inputs
+
+    config = _config(set_, config_file, profile)
+    if truth is not None and not truth.is_file():
+        raise UsageError(f"--truth: {truth} does not exist")
+    try:
+        check_inputs(_open_lake(lake, create=False), series, references)
+    except _identity_errors() as exc:
+        raise Failure(str(exc)) from None
+    from flows.identify import identify_series
+
+    summary = identify_series(lake, series, config, str(references) if references else None,
+                              str(truth) if truth else None, full)
+    _identify_summary(summary, fmt)
+
+
+@app.command()
+def run(source: str = typer.Argument(..., help="A video file, a folder, a glob or an fsspec URL."),
+        lake: str = typer.Option(...), series: Optional[str] = typer.Option(None),
+        references: Optional[Path] = typer.Option(None, help="Reference gallery: one folder per character."),
+        truth: Optional[Path] = typer.Option(None, help="truth.json to score the result against."),
+        profile: str = typer.Option("offline"),
+        set_: list[str] = typer.Option([], "--set", help="Override a parameter: stage.key=value."),
+        config_file: Optional[Path] = typer.Option(None, "--config"),
+        parallel: int = typer.Option(0, min=0), device: str = typer.Option("cpu")):
+    """Ingest a series and identify its characters in one flow."""
+    from anitrack.identify import gallery_images
+    from anitrack.ingest import default_series
+
+    series = series or default_series(source)
+    if truth is not None and not truth.is_file():
+        raise UsageError(f"--truth: {truth} does not exist")
+    if references is not None:
+        try:
+            gallery_images(references)
+        except _identity_errors() as exc:
+            raise Failure(str(exc)) from None
+    results = _ingest(source, lake, series, profile, set_, config_file, parallel, device)
+    _print_results(results, "table")
+    failed = [r for r in results if r["status"] == "failed"]
+    for r in failed:
+        _err(f"episode {r['episode']} failed: {r['error']}")
+    if len(failed) == len(results):
+        raise typer.Exit(1)
+    from flows.identify import identify_series
+
+    summary = identify_series(lake, series, _config(set_, config_file, profile),
+                              str(references) if references else None, str(truth) if truth else None)
+    _identify_summary(summary)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def label(lake: str = typer.Option(...), series: str = typer.Option(...),
+          cluster: int = typer.Option(..., help="Cluster id from the characters view."),
+          name: Optional[str] = typer.Option(None, help="Name every tracklet of the cluster."),
+          split: Optional[str] = typer.Option(None, help="Comma-separated tracklet ids to split off."),
+          merge: Optional[int] = typer.Option(None, help="Another cluster id to merge with."),
+          profile: str = typer.Option("offline")):
+    """Correct the current identity (name, split, merge); corrections are kept by tracklet and survive re-runs."""
+    import datetime as dt
+    import uuid
+
+    import pyarrow as pa
+
+    from anitrack.identify import current_run
+
+    if sum(x is not None for x in (name, split, merge)) != 1:
+        raise UsageError("give exactly one of --name, --split or --merge")
+    lk = _open_lake(lake, create=False)
+    run_ = current_run(lk, series)
+    if run_ is None:
+        raise Failure(f"series {series!r} has no identity run yet (run anitrack identify first)")
+    members = {}
+    for r in lk.read("clusters", series).to_pylist():
+        if r["run_id"] == run_["run_id"]:
+            members.setdefault(r["cluster_id"], []).append(r["tracklet_id"])
+    for c in [cluster] + ([merge] if merge is not None else []):
+        if c not in members or c < 0:
+            raise Failure(f"cluster {c} does not exist in the current run of {series} "
+                          f"(clusters: {', '.join(map(str, sorted(k for k in members if k >= 0)))})")
+    now = dt.datetime.now(dt.timezone.utc)
+    if name is not None:
+        rows = [(t, "name", name) for t in members[cluster]]
+    elif split is not None:
+        chosen = [t.strip() for t in split.split(",") if t.strip()]
+        stray = [t for t in chosen if t not in members[cluster]]
+        if not chosen or stray:
+            raise Failure(f"tracklet {stray[0] if stray else '(none)'} is not in cluster {cluster}")
+        group = uuid.uuid4().hex[:12]
+        rows = [(t, "split", group) for t in chosen]
+    else:
+        group = uuid.uuid4().hex[:12]
+        rows = [(t, "merge", group) for t in members[cluster] + members[merge]]
+    lk.commit("labels", pa.Table.from_pylist([{"series": series, "tracklet_id": t, "action": a, "value": v,
+                                               "created_at": now} for t, a, v in rows]),
+              append=True, series=series)
+    _err(f"recorded {len(rows)} corrections; re-identifying {series}")
+    from anitrack.identify import identify as identify_now
+
+    _identify_summary(identify_now(lk, series, _config([], None, profile)))
 
 
 @app.command()

@@ -25,7 +25,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "weights": ("yolov8m.pt", "YOLO weights: a path or a file name in the models directory."),
         "conf": (0.45, "Minimum detection confidence."),
         "stride": (3, "Run the detector on every n-th frame."),
-        "max_side": (960, "animeface sees frames downscaled to this longest side (it slows with pixels); 0 = full size."),
+        "max_side": (640, "animeface sees frames downscaled to this longest side (cost grows with pixels; "
+                          "recall on 480p anime was unchanged at 640); 0 = full size."),
         "workers": (0, "Detector processes inside one episode; 0 means one per CPU core."),
     },
     "track": {
@@ -43,6 +44,18 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "model": ("auto", "Embedder: ccip, descriptor or auto (ccip in full, descriptor offline)."),
         "ccip_model": ("", "CCIP model name; empty means imgutils' default."),
         "batch": (32, "Crops per embedding call."),
+    },
+    "cluster": {
+        "min_cluster_size": (3, "HDBSCAN: smallest group of tracklets that makes a character."),
+        "min_samples": (2, "HDBSCAN: neighbours a tracklet needs to be a core point."),
+        "merge_threshold": (0.92, "Cosine between cluster centroids to merge them (never across a shared frame)."),
+        "assign_threshold": (0.8, "Cosine a tracklet needs to its cluster's centroid to stay / join incrementally."),
+        "reduce_dims": (32, "Dimensions the micro-clustering of large series routes tracklets in."),
+        "max_prototypes": (4000, "Micro-clusters HDBSCAN sees; bounds memory on long series."),
+    },
+    "name": {
+        "threshold": (0.65, "Cosine between a cluster centroid and a character's best reference to name it."),
+        "verify_threshold": (0.5, "Cosine the cluster's best tracklet needs to that same reference."),
     },
 }
 

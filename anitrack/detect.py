@@ -53,10 +53,18 @@ class AnimeFaceDetector:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
 
     def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self.submit(frames)()
+
+    def submit(self, frames: list[np.ndarray]):
+        """Start detecting; returns a function that waits for the results (decoding goes on meanwhile)."""
         self.calls += len(frames)
-        sides = [self.max_side] * len(frames)
-        raw = list(self._pool.map(_animeface_faces, frames, sides)) if self._pool else \
-            [_animeface_faces(f, self.max_side) for f in frames]
+        if not self._pool:
+            results = self._filter([_animeface_faces(f, self.max_side) for f in frames])
+            return lambda: results
+        futures = [self._pool.submit(_animeface_faces, f, self.max_side) for f in frames]
+        return lambda: self._filter([f.result() for f in futures])
+
+    def _filter(self, raw) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
         for faces in raw:
             kept = np.array([f for f in faces if f[4] >= self.conf], dtype=np.float32).reshape(-1, 5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-DESCRIPTOR_VERSION = "descriptor-v1"
+DESCRIPTOR_VERSION = "descriptor-v2"
 
 
 def _hellinger(hist: np.ndarray) -> np.ndarray:
@@ -33,6 +33,8 @@ class ColorShapeDescriptor:
     model_id = DESCRIPTOR_VERSION
     CHROMA_BINS = 6
     VALUE_BINS = 4
+    # hair above, upper face, left side, right side, lower face, eyes, below the chin, gradients
+    WEIGHTS = (1.0, 0.6, 0.5, 0.5, 0.6, 1.5, 1.0, 0.5)  # eyes and collar tell look-alikes apart
 
     def __init__(self, batch: int = 32):
         self.calls = 0
@@ -61,11 +63,12 @@ class ColorShapeDescriptor:
             norm[fy1:fy1 + max(fh // 2, 1), fx1:fx2],             # upper face: eyes, bangs
             norm[fy1:fy2, :max(fx1, 1)], norm[fy1:fy2, fx2:],     # sides: hair length
             norm[fy1 + fh // 2:fy2, fx1:fx2],                     # lower face
+            norm[fy1 + int(fh * 0.35):fy1 + int(fh * 0.75), fx1 + fw // 8:fx2 - fw // 8],  # eyes
+            norm[fy2:],                                           # below the chin: collar, outfit
         ]
         blocks = [self._chroma_hist(r) for r in regions]
         blocks.append(self._gradients(crop))
-        weights = [1.0, 1.2, 0.5, 0.5, 0.6, 0.8]
-        vec = np.concatenate([b * wt for b, wt in zip(blocks, weights)])
+        vec = np.concatenate([b * wt for b, wt in zip(blocks, self.WEIGHTS)])
         return vec / max(np.linalg.norm(vec), 1e-9)
 
     def _chroma_hist(self, region: np.ndarray) -> np.ndarray:

@@ -108,11 +108,17 @@ class EpisodePipeline:
         batch = []
         limit = 2 * cfg["crops"]["per_tracklet"]
 
-        def flush():
+        pending: list = []  # the batch being detected in the background: (frames, results)
+
+        def collect():
+            """Wait for the in-flight batch, then track it and cut its crops."""
+            if not pending:
+                return
+            frames, results = pending.pop()
             t = time.perf_counter()
-            results = self.detector.detect([f.rgb for f in batch])
-            t = clock.add("detect", t, calls=len(batch))
-            for frame, (boxes, scores) in zip(batch, results):
+            results = results()
+            t = clock.add("detect", t)
+            for frame, (boxes, scores) in zip(frames, results):
                 h, w = frame.rgb.shape[:2]
                 order = np.argsort(-scores, kind="stable")
                 boxes, scores = boxes[order], scores[order]
@@ -130,6 +136,18 @@ class EpisodePipeline:
                             candidates.pop(dropped, None)
                         mine[:] = mine[::2]
                 t = clock.add("track", t)
+
+        def flush():
+            collect()
+            t = time.perf_counter()
+            submit = getattr(self.detector, "submit", None)
+            frames = list(batch)
+            if submit:
+                pending.append((frames, submit([f.rgb for f in frames])))
+            else:
+                results = self.detector.detect([f.rgb for f in frames])
+                pending.append((frames, lambda: results))
+            clock.add("detect", t, calls=len(frames))
             batch.clear()
 
         t = time.perf_counter()
@@ -147,6 +165,7 @@ class EpisodePipeline:
             t = time.perf_counter()
         if batch:
             flush()
+        collect()
         n = len(pts)
         fps = (n - 1) / (pts[-1] - pts[0]) if n > 1 and pts[-1] > pts[0] else 24.0
         frame_end = pts + [pts[-1] + 1.0 / fps]  # end time of frame i is the start of i+1

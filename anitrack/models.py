@@ -329,3 +329,15 @@ def pull_models(to: Path | None = None, yolo_weights: str = "yolov8m.pt", ccip_m
     finally:
         constants.HF_HUB_OFFLINE = saved
     return fetched
+
+
+def check_full_profile(config: dict) -> None:
+    """Fail at once, before any episode starts, when a full-profile model is not on this machine."""
+    if config["detect"]["detector"] == "yolo":
+        resolve_yolo_weights(config["detect"]["weights"])
+    if config["embed"]["model"] == "ccip":
+        model = config["embed"]["ccip_model"] or default_ccip_model()
+        _require_hf_files(CCIP_REPO, _ccip_files(model), f"CCIP {model!r}")
+        if config["detect"]["detector"] == "yolo":
+            _require_hf_files(FACE_REPO, [f"{DEFAULT_FACE_MODEL}/model.onnx"],
+                              f"imgutils face detector {DEFAULT_FACE_MODEL!r}")

@@ -12,7 +12,7 @@ import threading
 import duckdb
 
 from anitrack.lake import Lake
-from schemas.tables import PARTITIONS, TABLES, with_version
+from schemas.tables import IDENTITY_TABLES, PARTITIONS, TABLES, with_version
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -31,6 +31,33 @@ def _view_sql(lake: Lake, table: str) -> str | None:
             f"hive_types = {{{types}}}, union_by_name = true)")
 
 
+IDENTITY_VIEWS = [
+    # the current identity run of each series: its latest committed run
+    """CREATE VIEW current_runs AS
+       SELECT series, arg_max(run_id, created_at) AS run_id FROM identity_runs_all GROUP BY series""",
+    *[f"""CREATE VIEW {t} AS SELECT x.* FROM {t}_all x JOIN current_runs USING (series, run_id)"""
+      for t in IDENTITY_TABLES if t != "identity_runs"],
+    """CREATE VIEW identity_runs AS
+       SELECT r.*, c.run_id IS NOT NULL AS current FROM identity_runs_all r LEFT JOIN current_runs c
+       USING (series, run_id)""",
+    # seconds on screen: overlapping appearances of one character count once (interval union)
+    """CREATE VIEW screen_time AS
+       WITH ordered AS (
+           SELECT series, episode, character, start_s, end_s,
+                  max(end_s) OVER (PARTITION BY series, episode, character ORDER BY start_s, end_s
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+           FROM appearances),
+       grouped AS (
+           SELECT *, sum(CASE WHEN reach IS NULL OR start_s > reach THEN 1 ELSE 0 END)
+                     OVER (PARTITION BY series, episode, character ORDER BY start_s, end_s) AS island
+           FROM ordered),
+       islands AS (
+           SELECT series, episode, character, min(start_s) AS s, max(end_s) AS e
+           FROM grouped GROUP BY series, episode, character, island)
+       SELECT series, episode, character, sum(e - s) AS seconds FROM islands GROUP BY ALL""",
+]
+
+
 def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
     """A locked-down connection whose views show the lake's committed partitions."""
     con = duckdb.connect(":memory:", config={"threads": threads, "memory_limit": memory_limit,
@@ -43,7 +70,11 @@ def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2) -> duckdb.D
             empty = with_version(TABLES[table]).empty_table()
             con.register(f"_empty_{table}", empty)
             sql = f"SELECT * FROM _empty_{table}"
-        con.execute(f'CREATE VIEW "{table}" AS {sql}')
+        # identity tables keep every run (``<table>_all``); the plain view shows the current run
+        name = f"{table}_all" if table in IDENTITY_TABLES else table
+        con.execute(f'CREATE VIEW "{name}" AS {sql}')
+    for statement in IDENTITY_VIEWS:
+        con.execute(statement)
     if lake.is_local:
         con.execute("SET allowed_directories = [?]", [lake.root.rstrip("/") + "/"])
     con.execute("SET enable_external_access = false")

@@ -70,16 +70,19 @@ class PeakMemory:
         self._thread.join()
 
 
-def bench(minutes: float, work: Path, workers: int) -> dict:
-    folder = synthesize_series(work / f"src{minutes:g}", series=f"bench{minutes:g}".replace(".", "_"), episodes=1,
-                               characters=5, seconds=minutes * 60, seed=3)
+def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
+    src = work / f"src{minutes:g}"
+    if not src.exists():
+        synthesize_series(src, series="bench", episodes=1, characters=5, seconds=minutes * 60, seed=3)
+    folder = src / "bench"
     video = sorted(folder.glob("*.mp4"))[0]
     t = time.perf_counter()
     n = sum(1 for _ in iter_frames(str(video)))
     decode_s = time.perf_counter() - t
     config = resolve_profile(load_config(environ={}), "offline")
     config["detect"]["workers"] = workers
-    lake = work / f"lake{minutes:g}"
+    config["shots"]["backend"] = shots
+    lake = work / f"lake{minutes:g}-{shots}"
     spec = EpisodeSpec(uri=str(video), series="bench", episode=video.stem, lake=str(lake), config=config,
                        profile="offline", threads=workers)
     with PeakMemory() as mem:
@@ -102,12 +105,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 10.0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shots", nargs="+", default=["transnetv2"], help="shot backends to compare")
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
-        for minutes in args.minutes:
-            r = bench(minutes, Path(tmp), args.workers)
-            print(f"\n{minutes:g}-minute 854x480 episode, {r['frames']} frames, {r['tracklets']} tracklets")
+        runs = [(m, shots) for m in args.minutes for shots in args.shots]
+        for minutes, shots in runs:
+            r = bench(minutes, Path(tmp), args.workers, shots)
+            print(f"\n{minutes:g}-minute 854x480 episode, shots={shots}, {r['frames']} frames, "
+                  f"{r['tracklets']} tracklets")
             print(f"  decode only     {r['decode_s']:8.1f} s")
             print(f"  pipeline        {r['pipeline_s']:8.1f} s   ratio to decode {r['ratio']:.1f}x (target <= 15)")
             print(f"  real-time factor {r['realtime']:7.2f}x  (video {r['video_s']:.0f} s; target > 1)")
@@ -115,7 +121,6 @@ def main() -> None:
             print(f"  model calls per minute   {r['calls_per_min']}")
             print(f"  peak memory     {r['peak_gib']:8.2f} GiB (target < 3)")
             print(f"  stage seconds   {r['stages']}")
-
 
 if __name__ == "__main__":
     main()

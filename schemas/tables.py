@@ -109,6 +109,73 @@ REFERENCES = pa.schema([
     pa.field("vector", pa.list_(pa.float32()), nullable=False),
 ])
 
+# Identity (cross-episode) tables: one partition per series and identity run.
+CLUSTERS = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("episode", pa.string(), nullable=False),
+    pa.field("tracklet_id", pa.string(), nullable=False),
+    pa.field("cluster_id", pa.int64(), nullable=False),  # -1: noise (extras, background people)
+])
+
+CHARACTERS = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("cluster_id", pa.int64(), nullable=False),
+    pa.field("character", pa.string(), nullable=False),  # a reference name, a label, or unknown_<n>
+    pa.field("named", pa.bool_(), nullable=False),
+    pa.field("source", pa.string()),  # "reference" | "label" | "unknown"
+    pa.field("closest", pa.string()),  # closest reference character, even when unnamed
+    pa.field("similarity", pa.float64()),
+    pa.field("n_tracklets", pa.int64()),
+    pa.field("best_tracklet_id", pa.string()),
+])
+
+APPEARANCES = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("episode", pa.string(), nullable=False),
+    pa.field("character", pa.string(), nullable=False),
+    pa.field("cluster_id", pa.int64()),
+    pa.field("tracklet_id", pa.string(), nullable=False),
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+])
+
+QUALITY = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("metric", pa.string(), nullable=False),
+    pa.field("value", pa.float64()),
+    pa.field("character", pa.string()),  # per-character metrics (screen-time error)
+])
+
+IDENTITY_RUNS = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("parameters", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("mode", pa.string()),  # "full" | "incremental"
+    pa.field("n_tracklets", pa.int64()),
+    pa.field("n_clusters", pa.int64()),
+    pa.field("seconds", pa.float64()),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+LABELS = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("tracklet_id", pa.string(), nullable=False),
+    pa.field("action", pa.string(), nullable=False),  # "name" | "split" | "merge"
+    pa.field("value", pa.string(), nullable=False),  # the name, or the split / merge group
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+UNKNOWN_REGISTRY = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("tracklet_id", pa.string(), nullable=False),
+    pa.field("n", pa.int64(), nullable=False),
+])
+
 TABLES: dict[str, pa.Schema] = {
     "episodes": EPISODES,
     "shots": SHOTS,
@@ -118,11 +185,24 @@ TABLES: dict[str, pa.Schema] = {
     "embeddings": EMBEDDINGS,
     "stage_runs": STAGE_RUNS,
     "references": REFERENCES,
+    "clusters": CLUSTERS,
+    "characters": CHARACTERS,
+    "appearances": APPEARANCES,
+    "quality": QUALITY,
+    "identity_runs": IDENTITY_RUNS,
+    "labels": LABELS,
+    "unknown_registry": UNKNOWN_REGISTRY,
 }
+
+IDENTITY_TABLES = ("clusters", "characters", "appearances", "quality", "identity_runs")
 
 # Hive partition keys per table; every key is a string (pinned, never auto-cast).
 PARTITIONS: dict[str, tuple[str, ...]] = {name: ("series", "episode") for name in TABLES}
 PARTITIONS["references"] = ("series",)
+for _name in ("clusters", "characters", "appearances", "quality", "identity_runs"):
+    PARTITIONS[_name] = ("series", "run")
+PARTITIONS["labels"] = ("series",)
+PARTITIONS["unknown_registry"] = ("series",)
 
 
 def with_version(schema: pa.Schema) -> pa.Schema:

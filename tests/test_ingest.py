@@ -89,7 +89,7 @@ def test_embeddings_per_crop_and_per_tracklet(ingested_lake):
         FROM tracklets t JOIN embeddings e USING (series, episode, tracklet_id) GROUP BY 1""")
     n_tracklets = q(ingested_lake, "SELECT count(*) AS n FROM tracklets")[0]["n"]
     assert len(rows) == n_tracklets
-    assert all(r["pooled"] == 1 and r["crops"] >= 1 and r["model"] == "descriptor-v1" for r in rows)
+    assert all(r["pooled"] == 1 and r["crops"] >= 1 and r["model"] == "descriptor-v2" for r in rows)
     vec = np.array(q(ingested_lake, "SELECT vector FROM embeddings WHERE kind = 'tracklet' LIMIT 1")[0]["vector"])
     assert vec.dtype == np.float64 and abs(np.linalg.norm(vec) - 1) < 1e-4
 
@@ -232,3 +232,18 @@ def test_lake_import_validates_against_the_schema(tmp_path):
     proc = run_cli("lake", "import", "embeddings", str(bad), "--lake", str(lake), "--series", "s", "--episode", "e2")
     assert proc.returncode == 1 and "'vector'" in proc.stderr
     assert q(lake, "SELECT count(DISTINCT episode) AS n FROM embeddings")[0]["n"] == 1
+
+
+def test_full_profile_without_models_fails_at_once(tmp_path, synth_series):
+    env = {"ANITRACK_MODELS": str(tmp_path / "models"), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "models").mkdir()
+    proc = run_cli("ingest", str(synth_series), "--lake", str(tmp_path / "lake"), "--profile", "full", env=env,
+                   timeout=60)
+    assert proc.returncode == 1
+    for part in ("yolov8m.pt", str(tmp_path / "models"), "anitrack models pull", "--profile offline"):
+        assert part in proc.stderr
+    assert not (tmp_path / "lake" / "tracklets").exists()
+    # with a person detector available, a missing CCIP model is named just as clearly
+    proc = run_cli("ingest", str(synth_series), "--lake", str(tmp_path / "lake"), "--profile", "full",
+                   "--set", "detect.detector=animeface", env=env, timeout=60)
+    assert proc.returncode == 1 and "CCIP" in proc.stderr and "anitrack models pull" in proc.stderr

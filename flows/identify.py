@@ -1,0 +1,35 @@
+"""Identity flows: ``identify-series`` alone, and ``run-series`` = ingest then identify."""
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from flows.ingest import run_ingest
+from tasks.identify import identify_task
+
+
+def _artifact(series: str, summary: dict) -> None:
+    create_table_artifact(
+        key=f"identity-{series.lower()}".replace("_", "-").replace(".", "-")[:60],
+        table=[{k: c[k] for k in ("cluster_id", "character", "named", "closest", "similarity", "n_tracklets")}
+               for c in summary["characters"]],
+        description=f"identity run {summary['run_id']} of {series}")
+
+
+@flow(name="identify-series", log_prints=True)
+def identify_series(lake: str, series: str, config: dict, references: str | None = None,
+                    truth: str | None = None, full: bool = False) -> dict:
+    summary = identify_task(lake, series, config, references, truth, full)
+    _artifact(series, summary)
+    return summary
+
+
+@flow(name="run-series", log_prints=True)
+def run_series(source: str, lake: str, series: str, config: dict, profile: str = "offline",
+               references: str | None = None, truth: str | None = None, parallel: int = 0,
+               device: str = "cpu") -> dict:
+    """Ingest every episode, then identify the whole series."""
+    results = run_ingest(source, lake, series, config, profile, parallel, device)
+    summary = identify_task(lake, series, config, references, truth)
+    _artifact(series, summary)
+    return {"episodes": results, "identity": summary}

@@ -1,0 +1,18 @@
+"""Prefect task around ``anitrack.identify``: the cross-episode identity run of one series."""
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from anitrack.identify import identify
+from anitrack.lake import Lake
+
+
+@task(name="identify-series", task_run_name="identify-{series}")
+def identify_task(lake: str, series: str, config: dict, references: str | None = None, truth: str | None = None,
+                  full: bool = False) -> dict:
+    """Cluster, name and measure one series; returns a small summary (no tables)."""
+    summary = identify(Lake(lake), series, config, references=references, truth=truth, full=full)
+    named = sum(1 for c in summary["characters"] if c["named"])
+    get_run_logger().info("identity run %s (%s): %d tracklets, %d clusters, %d named", summary["run_id"],
+                          summary["mode"], summary["tracklets"], len(summary["characters"]), named)
+    return summary
