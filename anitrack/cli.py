@@ -388,7 +388,7 @@ def models_pull(to: Optional[Path] = typer.Option(None, help="Shared model direc
 def demo(out: Path = typer.Option(Path("demo"), help="Folder for the synthetic series and the lake."),
          episodes: int = typer.Option(3, min=1), characters: int = typer.Option(5, min=2),
          seconds: float = typer.Option(30.0, min=5.0), seed: int = typer.Option(7)):
-    """Synthesize a small series, ingest it offline, and print a per-episode summary."""
+    """Synthesize a small series, ingest it offline, identify its characters, print summaries."""
     from anitrack.synth import synthesize_series
 
     out.mkdir(parents=True, exist_ok=True)
@@ -406,9 +406,18 @@ def demo(out: Path = typer.Option(Path("demo"), help="Folder for the synthetic s
         FROM episodes e LEFT JOIN shots s USING (series, episode) LEFT JOIN tracklets t USING (series, episode)
         WHERE e.series = 'demo' GROUP BY ALL ORDER BY e.episode""")
     print_table(summary)
-    print(f"lake: {lake}  (try: anitrack sql --lake {lake} \"SELECT * FROM tracklets LIMIT 5\")")
     if any(r["status"] == "failed" for r in results):
         raise typer.Exit(1)
+    from flows.identify import identify_series
+
+    identity = identify_series(lake, "demo", _config([], None, "offline"), str(out / "data" / "references"),
+                               str(folder / "truth.json"))
+    _identify_summary(identity)
+    screen = run_query(connect(_open_lake(lake)), """
+        SELECT character, round(sum(seconds), 1) AS seconds, count(DISTINCT episode) AS episodes
+        FROM screen_time WHERE series = 'demo' GROUP BY 1 ORDER BY 2 DESC""")
+    print_table(screen)
+    print(f"lake: {lake}  (try: anitrack sql --lake {lake} \"SELECT * FROM screen_time\")")
 
 
 def main() -> None:

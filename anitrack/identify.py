@@ -115,7 +115,7 @@ def load_inputs(lake: Lake, series: str) -> dict:
     good = {r["episode"] for r in episodes.to_pylist() if r["status"] == "ok"} | \
         {c["keys"]["episode"] for c in lake.commits("embeddings", series)}
     tracklets = [r for r in lake.read("tracklets", series).to_pylist() if r["episode"] in good]
-    emb = lake.read("embeddings", series, columns=["episode", "tracklet_id", "kind", "model", "vector"])
+    emb = lake.read("embeddings", series, columns=["episode", "tracklet_id", "kind", "model", "metric", "vector"])
     pooled = [r for r in emb.to_pylist() if r["kind"] == "tracklet" and r["episode"] in good]
     if not pooled:
         raise IdentifyError(f"series {series!r} has no tracklet embeddings to identify")
@@ -129,9 +129,11 @@ def load_inputs(lake: Lake, series: str) -> dict:
     ids = sorted(i for i in by_id if i in known) or sorted(by_id)
     rows = [known.get(i) or {"tracklet_id": i, "episode": i.split(":")[0], "start_s": 0.0, "end_s": 0.0}
             for i in ids]
+    metric = Counter(r["metric"] or "cosine" for r in pooled if r["model"] == model).most_common(1)[0][0]
     vectors = np.asarray([by_id[i] for i in ids], dtype=np.float32)
+    raw = vectors.copy() if metric == "ccip" else None  # CCIP's metric model reads the unnormalised features
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
-    return {"ids": ids, "rows": rows, "vectors": vectors, "model": model,
+    return {"ids": ids, "rows": rows, "vectors": vectors, "model": model, "metric": metric, "raw": raw,
             "episodes": np.array([r["episode"] for r in rows]),
             "starts": np.array([r["start_s"] for r in rows], dtype=np.float64),
             "ends": np.array([r["end_s"] for r in rows], dtype=np.float64)}
@@ -168,6 +170,93 @@ def apply_corrections(labels: np.ndarray, ids: list[str], corrections: list[dict
     return labels
 
 
+# -- CCIP space -------------------------------------------------------------------------
+def ccip_centroid(features: np.ndarray) -> np.ndarray:
+    """A cluster's representative as ``imgutils.metrics.ccip_merge`` forms it.
+
+    Mean of the unit features, rescaled to the members' mean length.
+    """
+    f = np.asarray(features, np.float32)
+    lengths = np.linalg.norm(f, axis=-1)
+    mean = (f / np.maximum(lengths, 1e-9)[:, None]).mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-9) * lengths.mean()).astype(np.float32)
+
+
+def ccip_centroids(raw: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted cluster ids (labels >= 0) and their ``ccip_centroid`` rows."""
+    cids = np.unique(labels[labels >= 0]).astype(np.int64)
+    reps = [ccip_centroid(raw[labels == k]) for k in cids]
+    return cids, np.stack(reps) if reps else np.zeros((0, raw.shape[1]), np.float32)
+
+
+def ccip_merge_clusters(labels: np.ndarray, data: dict, embedder) -> np.ndarray:
+    """Merge pre-clusters whose CCIP difference is <= the model's threshold, most similar pair first.
+
+    Representatives are fixed before merging (as ``ccip_merge`` would form them);
+    two clusters holding tracklets that share a frame are never merged, and a
+    merged cluster keeps both sides' cannot-links. A merged group takes its
+    smallest cluster id.
+    """
+    cids, reps = ccip_centroids(data["raw"], labels)
+    if len(cids) < 2:
+        return labels
+    diff = embedder.differences(reps, reps)
+    diff = (diff + diff.T) / 2
+    pos = {int(k): i for i, k in enumerate(cids)}
+    cannot = [set() for _ in cids]
+    for a, b in zip(*identity.overlap_pairs(data["episodes"], data["starts"], data["ends"])):
+        la, lb = int(labels[a]), int(labels[b])
+        if la >= 0 and lb >= 0 and la != lb:
+            cannot[pos[la]].add(pos[lb])
+            cannot[pos[lb]].add(pos[la])
+    parent = list(range(len(cids)))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    iu, ju = np.triu_indices(len(cids), 1)
+    d = diff[iu, ju]
+    threshold = embedder.threshold()
+    for n in np.argsort(d, kind="stable"):
+        if d[n] > threshold:
+            break
+        ra, rb = find(int(iu[n])), find(int(ju[n]))
+        if ra == rb or rb in cannot[ra]:
+            continue
+        ra, rb = min(ra, rb), max(ra, rb)  # the smaller id survives
+        parent[rb] = ra
+        for x in cannot[rb]:  # cannot-links stay keyed by roots
+            cannot[x].discard(rb)
+            cannot[x].add(ra)
+        cannot[ra] |= cannot[rb]
+    out = labels.copy()
+    for i, k in enumerate(cids):
+        out[labels == k] = cids[find(i)]
+    return out
+
+
+def ccip_name_clusters(cids, reps, ref_rows, embedder) -> list[identity.Naming]:
+    """Open-set naming in CCIP space: a character's score is its references' MIN difference
+    to the cluster representative; named when <= the model's threshold and not a noise label.
+    ``similarity`` reports 1 - difference."""
+    refs = np.asarray([r["vector"] for r in ref_rows], np.float32)
+    chars, inv = np.unique(np.array([str(r["character"]) for r in ref_rows]), return_inverse=True)
+    inv = inv.ravel()
+    diff = embedder.differences(reps, refs) if len(cids) else np.zeros((0, len(refs)), np.float32)
+    threshold = embedder.threshold()
+    out = []
+    for k in range(len(cids)):
+        score = np.array([diff[k, inv == ch].min() for ch in range(len(chars))])
+        ch = int(np.argmin(score))
+        ok = float(score[ch]) <= threshold and not identity._is_noise_label(chars[ch])
+        out.append(identity.Naming(int(cids[k]), str(chars[ch]) if ok else None, str(chars[ch]),
+                                   1.0 - float(score[ch]), bool(ok)))
+    return out
+
+
 # -- the run -------------------------------------------------------------------------
 def identify(lake: Lake, series: str, config: dict, references: str | Path | None = None,
              truth: str | Path | None = None, full: bool = False, run_id: str | None = None) -> dict:
@@ -192,8 +281,16 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
         raise IdentifyError(f"reference vectors have dimension {sorted(ref_dims)}, the model "
                             f"{data['model']!r} has {data['vectors'].shape[1]}")
 
+    embedder = None
+    key = {"cluster": config["cluster"], "model": data["model"], "metric": data["metric"]}
+    if data["metric"] == "ccip":  # CCIP's own difference metric and calibrated threshold, not 0.92 cosine
+        from anitrack.models import CcipEmbedder
+
+        embedder = CcipEmbedder(model=data["model"])
+        key["ccip_threshold"] = embedder.threshold()
+    data["embedder"] = embedder
     previous = current_run(lake, series)
-    param_key = canonical({"cluster": config["cluster"], "model": data["model"]})
+    param_key = canonical(key)
     mode = "full"
     if previous and not full and previous["parameters"] == param_key:
         old = {r["tracklet_id"]: r["cluster_id"] for r in lake.read("clusters", series).to_pylist()
@@ -210,6 +307,8 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
                     data["starts"][~known], data["ends"][~known], params)
     if mode == "full":
         labels = identity.cluster_tracklets(data["vectors"], data["episodes"], data["starts"], data["ends"], params)
+    if embedder is not None:
+        labels = ccip_merge_clusters(labels, data, embedder)
     corrections = lake.read("labels", series).to_pylist()
     labels = apply_corrections(labels, data["ids"], corrections)
 
@@ -247,7 +346,9 @@ def _name(lake, series, data, labels, ref_rows, corrections, params):
     for k, c in zip(cids, cvecs):  # the member closest to its centroid: the cluster's best crop
         members = np.flatnonzero(labels == k)
         best.append(members[int(np.argmax(vectors[members] @ c))])
-    if ref_rows:
+    if ref_rows and data.get("embedder") is not None:
+        namings = ccip_name_clusters(cids, ccip_centroids(data["raw"], labels)[1], ref_rows, data["embedder"])
+    elif ref_rows:
         namings = identity.name_clusters(cids, cvecs, np.asarray([r["vector"] for r in ref_rows], np.float32),
                                          np.array([r["character"] for r in ref_rows]), params,
                                          best_member_vectors=vectors[best])
