@@ -8,6 +8,7 @@ once the shot detector has finished, then crops are sampled and embedded.
 """
 from __future__ import annotations
 
+import ctypes
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,6 +25,21 @@ from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
 
 DETECT_BATCH = 8
+TRIM_EVERY = 500  # frames
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS.
+
+    Decoded frames (~1.2 MB each) come and go while small long-lived objects
+    (encoded crops) are allocated between them; glibc then keeps the freed frame
+    memory in a fragmented heap and the process grows with episode length.
+    malloc_trim returns those pages; it is a no-op elsewhere.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -162,10 +178,13 @@ class EpisodePipeline:
                     flush()
             if progress and frame.index % 50 == 0:
                 progress(frame.index)
+            if frame.index % TRIM_EVERY == TRIM_EVERY - 1:
+                _release_freed_memory()
             t = time.perf_counter()
         if batch:
             flush()
         collect()
+        _release_freed_memory()
         n = len(pts)
         fps = (n - 1) / (pts[-1] - pts[0]) if n > 1 and pts[-1] > pts[0] else 24.0
         frame_end = pts + [pts[-1] + 1.0 / fps]  # end time of frame i is the start of i+1
