@@ -20,7 +20,7 @@ import pyarrow as pa
 from anitrack import crops as cropping
 from anitrack.detect import AnimeFaceDetector, make_detector
 from anitrack.embed import make_embedder, pool
-from anitrack.shots import cuts_to_shots, make_shot_detector
+from anitrack.shots import cuts_to_shots, make_shot_detector, model_version
 from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
 
@@ -100,8 +100,7 @@ class EpisodePipeline:
         self.embedder = make_embedder(config)
 
     def models(self) -> dict[str, str]:
-        shot = make_shot_detector(self.config["shots"]["backend"], **shot_params(self.config, self.device))
-        return {"shots": getattr(shot, "model", self.config["shots"]["backend"]),
+        return {"shots": model_version(self.config["shots"]["backend"]),
                 "detect": self.detector.model_id, "embed": self.embedder.model_id,
                 "faces": getattr(self.face_finder, "model_id", "") if self.face_finder else ""}
 
