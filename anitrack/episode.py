@@ -20,9 +20,11 @@ import pyarrow as pa
 from anitrack import crops as cropping
 from anitrack.detect import AnimeFaceDetector, make_detector
 from anitrack.embed import make_embedder, pool
+from anitrack.lake import conform
 from anitrack.shots import cuts_to_shots, make_shot_detector, model_version
 from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
+from schemas.tables import TABLES
 
 DETECT_BATCH = 8
 TRIM_EVERY = 500  # frames
@@ -237,9 +239,6 @@ class EpisodePipeline:
                      "score": s, "detector": self.detector.name} for i, (f, b, s) in enumerate(detections)]
         for row in tracklet_rows:
             del row["_dets"]
-        from schemas.tables import TABLES
-        from anitrack.lake import conform
-
         def table(name, rows):
             return conform(name, pa.Table.from_pylist(rows, schema=TABLES[name]))
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from anitrack import identity
 from anitrack.config import canonical
-from anitrack.lake import Lake, LakeError
+from anitrack.lake import Lake
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -109,8 +109,7 @@ def embed_gallery(folder: str | Path, config: dict) -> tuple[list[dict], str]:
 
 # -- inputs ----------------------------------------------------------------------
 def load_inputs(lake: Lake, series: str) -> dict:
-    """Tracklets of the series' good episodes with their pooled vectors (one model)."""
-    check_inputs(lake, series, None)
+    """Tracklets of the series' good episodes with their pooled vectors (one model); see ``check_inputs``."""
     episodes = lake.read("episodes", series)
     good = {r["episode"] for r in episodes.to_pylist() if r["status"] == "ok"} | \
         {c["keys"]["episode"] for c in lake.commits("embeddings", series)}
@@ -485,4 +484,4 @@ def _refine_by_boxes(out: dict, data, face_boxes: Path) -> None:
             out[tid] = counter.most_common(1)[0][0]
 
 
-__all__ = ["IdentifyError", "LakeError", "identify", "embed_gallery", "apply_corrections", "union_seconds"]
+__all__ = ["IdentifyError", "identify", "embed_gallery", "apply_corrections", "union_seconds"]

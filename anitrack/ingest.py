@@ -27,7 +27,7 @@ import fsspec
 import pyarrow as pa
 
 from anitrack.config import canonical
-from anitrack.lake import Lake, LakeError, slug
+from anitrack.lake import Lake, slug
 from anitrack.video import VIDEO_EXTENSIONS, episode_number
 
 PIPELINE_VERSION = "1"  # bump when a stage's output for the same input and parameters changes
@@ -232,5 +232,5 @@ def new_run_id() -> str:
     return _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-__all__ = ["EpisodeSpec", "SourceError", "LakeError", "discover", "default_series", "episode_name",
+__all__ = ["EpisodeSpec", "SourceError", "discover", "default_series", "episode_name",
            "fingerprints", "ingest_episode", "model_ids", "new_run_id"]

@@ -61,9 +61,9 @@ def _run(job: dict) -> int:
             lake.commit(table, out.tables[table], fingerprint=fps[table], run_id=spec.run_id, **keys)
         written[table] = (reused, time.perf_counter() - t)
     finished_at = _now()
+    # table -> (config section, which is also its clock key; the model it records)
     stage_of = {"shots": ("shots", "shots"), "detections": ("detect", "detect"), "tracklets": ("track", "detect"),
                 "crops": ("crops", "detect"), "embeddings": ("embed", "embed")}
-    params = {"shots": "shots", "detections": "detect", "tracklets": "track", "crops": "crops", "embeddings": "embed"}
     runs = [{**keys, "run_id": spec.run_id, "stage": "decode", "parameters": "{}", "model": "pyav",
              "fingerprint": job["content_hash"], "reused": False, "seconds": out.clock.seconds["decode"],
              "frames_decoded": out.n_frames, "model_calls": 0, "rows": out.n_frames,
@@ -72,7 +72,7 @@ def _run(job: dict) -> int:
         clock_key, model_key = stage_of[table]
         reused, commit_s = written[table]
         runs.append({**keys, "run_id": spec.run_id, "stage": table,
-                     "parameters": canonical(spec.config[params[table]]), "model": out.models.get(model_key, ""),
+                     "parameters": canonical(spec.config[clock_key]), "model": out.models.get(model_key, ""),
                      "fingerprint": fps[table], "reused": reused,
                      "seconds": out.clock.seconds[clock_key] + commit_s, "frames_decoded": 0,
                      "model_calls": out.clock.calls[clock_key], "rows": out.tables[table].num_rows,

@@ -1,8 +1,6 @@
 """Prefect tasks around ``anitrack.ingest``: small values in, small values out (lake URIs, summaries)."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from prefect import get_run_logger, task
 
 from anitrack import progress
@@ -42,4 +40,3 @@ def _transient(state) -> bool:
     return False
 
 
-__all__ = ["discover_episodes", "ingest_episode_task", "EpisodeSpec", "asdict"]
