@@ -111,11 +111,13 @@ class EpisodePipeline:
             if part is not None and hasattr(part, "close"):
                 part.close()
 
-    def run(self, uri: str, series: str, episode: str, progress: Callable[[int], None] | None = None
-            ) -> EpisodeOutput:
+    def run(self, uri: str, series: str, episode: str, progress: Callable[[int], None] | None = None,
+            shots: list[tuple[int, int]] | None = None) -> EpisodeOutput:
+        """``shots``: the episode's committed shots (start, end frames) when they are still valid, so a
+        detection change does not pay for the shot detector again."""
         cfg = self.config
         stride = cfg["detect"]["stride"]
-        shot_detector = make_shot_detector(cfg["shots"]["backend"], **shot_params(cfg, self.device))
+        shot_detector = None if shots else make_shot_detector(cfg["shots"]["backend"], **shot_params(cfg, self.device))
         tracker = IouTracker(iou=cfg["track"]["iou"], max_gap=cfg["track"]["max_gap"])
         clock = StageClock()
         pts: list[float] = []
@@ -171,8 +173,9 @@ class EpisodePipeline:
         for frame in iter_frames(uri):
             t = clock.add("decode", t)
             pts.append(frame.t_s)
-            shot_detector.push(frame.index, frame.rgb)
-            t = clock.add("shots", t)
+            if shot_detector is not None:
+                shot_detector.push(frame.index, frame.rgb)
+                t = clock.add("shots", t)
             if frame.index % stride == 0:
                 batch.append(frame)
                 if len(batch) >= DETECT_BATCH:
@@ -190,7 +193,10 @@ class EpisodePipeline:
         fps = (n - 1) / (pts[-1] - pts[0]) if n > 1 and pts[-1] > pts[0] else 24.0
         frame_end = pts + [pts[-1] + 1.0 / fps]  # end time of frame i is the start of i+1
         t = time.perf_counter()
-        shots = cuts_to_shots(shot_detector.finish(), n, cfg["shots"]["min_shot_frames"])
+        if shot_detector is not None:
+            shots = cuts_to_shots(shot_detector.finish(), n, cfg["shots"]["min_shot_frames"])
+        elif shots[-1][1] != n:
+            raise RuntimeError(f"{episode}: the stored shots end at frame {shots[-1][1]}, the video has {n} frames")
         t = clock.add("shots", t)
 
         pieces = [(s, p) for s, p in split_at_cuts(tracker.finish(), shots)
@@ -272,30 +278,34 @@ class EpisodePipeline:
         return out
 
     def embed_crops(self, crop_rows: list[dict], clock: StageClock) -> list[dict]:
-        """Per-crop vectors from the stored (encoded) crops, so they can be recomputed from the lake alone."""
-        t = time.perf_counter()
-        batch_size = self.config["embed"]["batch"]
-        vectors = []
-        for i in range(0, len(crop_rows), batch_size):
-            chunk = crop_rows[i:i + batch_size]
-            images = [cropping.decode(r["image"]) for r in chunk]
-            faces = [None if r["face_x1"] is None else np.array([r["face_x1"], r["face_y1"], r["face_x2"],
-                                                                  r["face_y2"]]) for r in chunk]
-            vectors.append(self.embedder.embed(images, faces))
-        clock.add("embed", t, calls=len(vectors))
-        if not crop_rows:
-            return []
-        matrix = np.concatenate(vectors)
-        model, metric, dim = self.embedder.model_id, self.embedder.metric, matrix.shape[1]
-        rows, by_tracklet = [], defaultdict(list)
-        for r, v in zip(crop_rows, matrix):
-            by_tracklet[r["tracklet_id"]].append(v)
-            rows.append({"series": r["series"], "episode": r["episode"], "tracklet_id": r["tracklet_id"],
-                         "crop_id": r["crop_id"], "kind": "crop", "model": model, "metric": metric, "dim": dim,
-                         "vector": v.tolist()})
-        series, episode = crop_rows[0]["series"], crop_rows[0]["episode"]
-        for tid, vs in by_tracklet.items():
-            rows.append({"series": series, "episode": episode, "tracklet_id": tid, "crop_id": None,
-                         "kind": "tracklet", "model": model, "metric": metric, "dim": dim,
-                         "vector": pool(np.stack(vs)).tolist()})
-        return rows
+        return embed_rows(self.embedder, self.config["embed"]["batch"], crop_rows, clock)
+
+
+def embed_rows(embedder, batch_size: int, crop_rows: list[dict], clock: StageClock) -> list[dict]:
+    """Per-crop and pooled per-tracklet vectors from stored (encoded) crops: needs no video, so an
+    embedding change is recomputed from the lake's ``crops`` table alone."""
+    t = time.perf_counter()
+    vectors = []
+    for i in range(0, len(crop_rows), batch_size):
+        chunk = crop_rows[i:i + batch_size]
+        images = [cropping.decode(r["image"]) for r in chunk]
+        faces = [None if r["face_x1"] is None else np.array([r["face_x1"], r["face_y1"], r["face_x2"],
+                                                              r["face_y2"]]) for r in chunk]
+        vectors.append(embedder.embed(images, faces))
+    clock.add("embed", t, calls=len(vectors))
+    if not crop_rows:
+        return []
+    matrix = np.concatenate(vectors)
+    model, metric, dim = embedder.model_id, embedder.metric, matrix.shape[1]
+    rows, by_tracklet = [], defaultdict(list)
+    for r, v in zip(crop_rows, matrix):
+        by_tracklet[r["tracklet_id"]].append(v)
+        rows.append({"series": r["series"], "episode": r["episode"], "tracklet_id": r["tracklet_id"],
+                     "crop_id": r["crop_id"], "kind": "crop", "model": model, "metric": metric, "dim": dim,
+                     "vector": v.tolist()})
+    series, episode = crop_rows[0]["series"], crop_rows[0]["episode"]
+    for tid, vs in by_tracklet.items():
+        rows.append({"series": series, "episode": episode, "tracklet_id": tid, "crop_id": None,
+                     "kind": "tracklet", "model": model, "metric": metric, "dim": dim,
+                     "vector": pool(np.stack(vs)).tolist()})
+    return rows

@@ -49,6 +49,7 @@ class EpisodeSpec:
     device: str = "cpu"
     threads: int = 1
     run_id: str = ""
+    in_process: bool = False  # Dask workers: run here with cached models; the worker is the crash boundary
 
 
 def discover(source: str) -> list[str]:
@@ -117,7 +118,8 @@ def model_ids(config: dict) -> dict[str, str]:
 def fingerprints(content_hash: str, config: dict, models: dict[str, str]) -> dict[str, str]:
     """One fingerprint per stage table: input content, parameters, model, code, and upstream fingerprints."""
     fp = {"shots": _digest("shots", content_hash, config["shots"], models["shots"], PIPELINE_VERSION)}
-    fp["detections"] = _digest("detections", content_hash, config["detect"], models["detect"], PIPELINE_VERSION)
+    detect = {k: v for k, v in config["detect"].items() if k != "workers"}  # how many processes, not what they find
+    fp["detections"] = _digest("detections", content_hash, detect, models["detect"], PIPELINE_VERSION)
     fp["tracklets"] = _digest("tracklets", fp["shots"], fp["detections"], config["track"], PIPELINE_VERSION)
     fp["crops"] = _digest("crops", fp["tracklets"], config["crops"], PIPELINE_VERSION)
     fp["embeddings"] = _digest("embeddings", fp["crops"], config["embed"], models["embed"], PIPELINE_VERSION)
@@ -137,51 +139,109 @@ def episode_row(spec: EpisodeSpec, content_hash: str, size: int, status: str, er
             "profile": spec.profile, "ingested_at": _now()}
 
 
+def stale_tables(lake: Lake, keys: dict, fps: dict[str, str]) -> list[str]:
+    """Stage tables whose committed fingerprint differs from ``fps`` (they must be recomputed)."""
+    return [t for t in STAGE_TABLES if lake.fingerprint(t, **keys) != fps[t]]
+
+
+def needs_frames(stale: list[str]) -> bool:
+    """Embeddings are recomputed from the stored crops; every other stage needs the decoded video."""
+    return bool(set(stale) - {"embeddings"})
+
+
 def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | None = None,
-                   timeout_s: float | None = None) -> dict:
-    """Hash, skip if unchanged, else run the child process; returns a summary row."""
-    from anitrack.video import VideoError, content_hash
+                   timeout_s: float | None = None, expect_hash: str | None = None) -> dict:
+    """Hash, skip if unchanged or already ingested under another name, else run the child process.
+
+    ``expect_hash`` (backfill): the episode's recorded content. The source is read only
+    when a stage needs frames and must still hold that content; a failure then
+    leaves the lake untouched instead of recording a failed episode.
+    """
+    from anitrack.video import content_hash
 
     lake = Lake(spec.lake)
     started = time.perf_counter()
-    try:
-        digest, size = content_hash(spec.uri)
-    except (OSError, FileNotFoundError) as exc:
-        return _failed(lake, spec, "", 0, f"cannot read {spec.uri}: {exc}", started)
-    fps_ = fingerprints(digest, spec.config, model_ids(spec.config))
-    previous = lake.read_commit(lake.partition("episodes", series=spec.series, episode=spec.episode))
-    if previous and previous["fingerprint"] == fps_["episodes"]:
+    keys = {"series": spec.series, "episode": spec.episode}
+    record = expect_hash is None
+    models = model_ids(spec.config)
+    if expect_hash and not needs_frames(stale_tables(lake, keys, fingerprints(expect_hash, spec.config, models))):
+        digest, size = expect_hash, 0  # vectors only: recomputed from stored crops, the video is not read
+    else:
+        try:
+            digest, size = content_hash(spec.uri)
+        except (OSError, FileNotFoundError) as exc:
+            return _failed(lake, spec, "", 0, f"cannot read {spec.uri}: {exc}", started, record)
+        if expect_hash and digest != expect_hash:
+            return _failed(lake, spec, digest, size, f"source {spec.uri} changed since it was ingested "
+                           f"(ingest it again instead of a backfill)", started, record)
+    fps_ = fingerprints(digest, spec.config, models)
+    note = None
+    if record:
+        twin = _same_content(lake, spec, digest)
+        if twin is not None:  # already ingested under another name: keep that episode, do not duplicate it
+            note = f"renamed from {twin['episode']}"
+            shown = spec.episode
+            spec = EpisodeSpec(**dict(asdict(spec), episode=twin["episode"]))
+            keys["episode"] = twin["episode"]
+            if lake.fingerprint("episodes", **keys) == fps_["episodes"]:
+                if twin["uri"] != spec.uri:  # backfills read the source from here
+                    lake.commit("episodes", pa.Table.from_pylist([dict(twin, uri=spec.uri)]),
+                                fingerprint=fps_["episodes"], run_id=spec.run_id, **keys)
+                return {"episode": shown, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri,
+                        "note": note}
+    if lake.fingerprint("episodes", **keys) == fps_["episodes"]:
         return {"episode": spec.episode, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri}
-    local, cleanup = _local_copy(spec.uri)
+    decode = needs_frames(stale_tables(lake, keys, fps_))
+    local, cleanup = _local_copy(spec.uri) if decode else (spec.uri, lambda: None)
     try:
         job = dict(asdict(spec), uri=local, source_uri=spec.uri, content_hash=digest, size=size, fingerprints=fps_)
-        ok, message = _run_child(job, progress, timeout_s)
+        ok, message = _run_here(job, progress) if spec.in_process else _run_child(job, progress, timeout_s)
     finally:
         cleanup()
     if not ok:
-        return _failed(lake, spec, digest, size, message, started)
+        return _failed(lake, spec, digest, size, message, started, record)
     result = json.loads(message)
-    result.update(episode=spec.episode, uri=spec.uri, seconds=time.perf_counter() - started)
+    result.update(episode=spec.episode, uri=spec.uri, seconds=time.perf_counter() - started, note=note)
     return result
 
 
-def _failed(lake: Lake, spec: EpisodeSpec, digest: str, size: int, error: str, started: float) -> dict:
-    row = episode_row(spec, digest, size, "failed", error)
-    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint="failed", run_id=spec.run_id,
-                series=spec.series, episode=spec.episode)
+def _same_content(lake: Lake, spec: EpisodeSpec, digest: str) -> dict | None:
+    """The ok episode of this series holding exactly this file content under another name, if any."""
+    rows = lake.read("episodes", spec.series).to_pylist()
+    if any(r["episode"] == spec.episode and r["content_hash"] == digest for r in rows):
+        return None
+    return next((r for r in rows if r["status"] == "ok" and r["content_hash"] == digest), None)
+
+
+def _failed(lake: Lake, spec: EpisodeSpec, digest: str, size: int, error: str, started: float,
+            record: bool = True) -> dict:
+    if record:
+        row = episode_row(spec, digest, size, "failed", error)
+        lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint="failed", run_id=spec.run_id,
+                    series=spec.series, episode=spec.episode)
     return {"episode": spec.episode, "status": "failed", "error": error, "uri": spec.uri,
             "seconds": time.perf_counter() - started}
 
 
 def _local_copy(uri: str) -> tuple[str, Callable[[], None]]:
-    """Child processes cannot see in-memory filesystems; give them a temporary file instead."""
-    if not uri.startswith("memory://"):
+    """PyAV reads local files; an episode on any fsspec URL (memory://, s3://, ...) is copied to a temporary file."""
+    if "://" not in uri or uri.startswith("file://"):
         return uri, lambda: None
     fd, path = tempfile.mkstemp(suffix=PurePosixPath(uri).suffix)
     with os.fdopen(fd, "wb") as out, fsspec.open(uri, "rb") as src:
         while block := src.read(1 << 22):
             out.write(block)
     return path, lambda: os.unlink(path)
+
+
+def _run_here(job: dict, progress) -> tuple[bool, str]:
+    """Run one episode in this process, reusing its models; (ok, result JSON or one-line error)."""
+    from anitrack.job import run_episode
+
+    try:
+        return True, json.dumps(run_episode(job, progress, cached=True))
+    except Exception as exc:  # noqa: BLE001 - a failed episode is data, like a failed child process
+        return False, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _run_child(job: dict, progress, timeout_s) -> tuple[bool, str]:
@@ -233,4 +293,4 @@ def new_run_id() -> str:
 
 
 __all__ = ["EpisodeSpec", "SourceError", "discover", "default_series", "episode_name",
-           "fingerprints", "ingest_episode", "model_ids", "new_run_id"]
+           "fingerprints", "ingest_episode", "model_ids", "needs_frames", "new_run_id", "stale_tables"]

@@ -3,11 +3,15 @@
 Reads a JSON job on stdin, commits the episode's stage tables, then its
 ``episodes`` row (last), and prints a JSON summary on stdout. Progress goes to
 stderr as ``@progress DONE TOTAL`` lines and a failure as one ``@error`` line.
+Dask workers call ``run_episode`` in their own process instead, with cached models.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
+import threading
 import time
 
 
@@ -17,7 +21,10 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(max(1, int(job.get("threads", 1))))
-        return _run(job)
+        summary = run_episode(job, lambda done, total: print(f"@progress {done} {total}", file=sys.stderr,
+                                                             flush=True))
+        print(json.dumps(summary), flush=True)
+        return 0
     except Exception as exc:  # one line for the parent; the traceback only when debugging
         from anitrack.cli import debug_enabled
 
@@ -30,63 +37,140 @@ def main() -> int:
         return 1
 
 
-def _run(job: dict) -> int:
-    import pyarrow as pa
+# table -> (config section, which is also its clock key; the model it records)
+STAGE_OF = {"shots": ("shots", "shots"), "detections": ("detect", "detect"), "tracklets": ("track", "detect"),
+            "crops": ("crops", "detect"), "embeddings": ("embed", "embed")}
 
+
+_PIPELINES: dict = {}  # (config, device) -> this process's models, when ``cached``
+_PIPELINES_LOCK = threading.Lock()
+
+
+def worker_pipeline(config: dict, device: str) -> tuple[object, bool]:
+    """This process's models for ``config``: built by the first episode, reused by the next (Dask workers).
+
+    Returns the pipeline and whether this call loaded it."""
     from anitrack.config import canonical
     from anitrack.episode import EpisodePipeline
-    from anitrack.ingest import STAGE_TABLES, EpisodeSpec, _now, episode_row
+
+    key = (canonical(config), device)
+    with _PIPELINES_LOCK:
+        loaded = key not in _PIPELINES
+        if loaded:
+            _PIPELINES[key] = EpisodePipeline(config, device)
+        return _PIPELINES[key], loaded
+
+
+def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
+    """Ingest one episode here and return its summary; the child process and Dask workers both call this.
+
+    ``cached``: keep the models for the next episode of this process instead of building and closing them."""
+    import pyarrow as pa
+
+    from anitrack.episode import EpisodePipeline
+    from anitrack.ingest import EpisodeSpec, _now, episode_row, needs_frames, stale_tables
     from anitrack.lake import Lake
     from anitrack.video import probe
 
     spec = EpisodeSpec(**{k: job[k] for k in EpisodeSpec.__dataclass_fields__})
     spec.uri = job["source_uri"]
     lake = Lake(spec.lake)
+    fps = job["fingerprints"]
+    keys = {"series": spec.series, "episode": spec.episode}
+    stale = stale_tables(lake, keys, fps)
+    previous = lake.read("episodes", spec.series, spec.episode).to_pylist()
+    if not needs_frames(stale) and previous and previous[0]["status"] == "ok" \
+            and previous[0]["content_hash"] == job["content_hash"]:  # nothing upstream of the vectors changed
+        return _reembed(job, spec, lake, stale, previous[0])
     info = probe(job["uri"])
     total = info.n_frames or int(info.duration_s * info.fps) or 0
     started_at = _now()
-    pipeline = EpisodePipeline(spec.config, spec.device)
+    pipeline, loaded = worker_pipeline(spec.config, spec.device) if cached else \
+        (EpisodePipeline(spec.config, spec.device), True)
+    shots = None
+    if "shots" not in stale:  # still valid: cut tracklets at the stored shots instead of re-detecting them
+        stored = sorted(lake.read("shots", spec.series, spec.episode).to_pylist(), key=lambda r: r["shot_id"])
+        shots = [(r["start_frame"], r["end_frame"]) for r in stored] or None
     try:
-        out = pipeline.run(job["uri"], spec.series, spec.episode,
-                           progress=lambda done: print(f"@progress {done} {total}", file=sys.stderr, flush=True))
+        out = pipeline.run(job["uri"], spec.series, spec.episode, shots=shots,
+                           progress=(lambda done: progress(done, total)) if progress else None)
     finally:
-        pipeline.close()
-    fps = job["fingerprints"]
-    keys = {"series": spec.series, "episode": spec.episode}
-    written = {}
-    for table in STAGE_TABLES:
+        if not cached:
+            pipeline.close()
+    timing = {}
+    for table in STAGE_OF:
         t = time.perf_counter()
-        reused = lake.fingerprint(table, **keys) == fps[table]
-        if not reused:
+        if table in stale:
             lake.commit(table, out.tables[table], fingerprint=fps[table], run_id=spec.run_id, **keys)
-        written[table] = (reused, time.perf_counter() - t)
-    finished_at = _now()
-    # table -> (config section, which is also its clock key; the model it records)
-    stage_of = {"shots": ("shots", "shots"), "detections": ("detect", "detect"), "tracklets": ("track", "detect"),
-                "crops": ("crops", "detect"), "embeddings": ("embed", "embed")}
-    runs = [{**keys, "run_id": spec.run_id, "stage": "decode", "parameters": "{}", "model": "pyav",
-             "fingerprint": job["content_hash"], "reused": False, "seconds": out.clock.seconds["decode"],
-             "frames_decoded": out.n_frames, "model_calls": 0, "rows": out.n_frames,
-             "started_at": started_at, "finished_at": finished_at}]
-    for table in STAGE_TABLES:
-        clock_key, model_key = stage_of[table]
-        reused, commit_s = written[table]
-        runs.append({**keys, "run_id": spec.run_id, "stage": table,
-                     "parameters": canonical(spec.config[clock_key]), "model": out.models.get(model_key, ""),
-                     "fingerprint": fps[table], "reused": reused,
-                     "seconds": out.clock.seconds[clock_key] + commit_s, "frames_decoded": 0,
-                     "model_calls": out.clock.calls[clock_key], "rows": out.tables[table].num_rows,
-                     "started_at": started_at, "finished_at": finished_at})
-    lake.commit("stage_runs", pa.Table.from_pylist(runs), append=True, run_id=spec.run_id, **keys)
+        clock_key = STAGE_OF[table][0]
+        timing[table] = (out.clock.seconds[clock_key] + time.perf_counter() - t, out.clock.calls[clock_key],
+                         out.tables[table].num_rows)
+    decode = (out.clock.seconds["decode"], out.n_frames)
+    _record(lake, job, spec, keys, stale, timing, decode, out.models, started_at)
     row = episode_row(spec, job["content_hash"], job["size"], "ok", None, fps=out.fps, n_frames=out.n_frames,
                       duration=out.duration_s, width=info.width, height=info.height)
     lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=fps["episodes"], run_id=spec.run_id, **keys)
     summary = {"status": "ok", "error": None, "frames": out.n_frames, "duration_s": out.duration_s,
                "shots": out.tables["shots"].num_rows, "tracklets": out.tables["tracklets"].num_rows,
-               "crops": out.tables["crops"].num_rows,
+               "crops": out.tables["crops"].num_rows, "frames_decoded": out.n_frames,
                "stage_seconds": {k: round(v, 3) for k, v in out.clock.seconds.items()}}
-    print(json.dumps(summary), flush=True)
-    return 0
+    summary.update(models_loaded=loaded, worker=f"{socket.gethostname()}:{os.getpid()}")
+    return summary
+
+
+def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
+    """Recompute the vectors from the committed crops (their images are stored), decoding no video."""
+    import pyarrow as pa
+
+    from anitrack.embed import make_embedder
+    from anitrack.episode import StageClock, embed_rows
+    from anitrack.ingest import _now
+    from anitrack.lake import conform
+    from schemas.tables import TABLES
+
+    keys = {"series": spec.series, "episode": spec.episode}
+    fps = job["fingerprints"]
+    started_at = _now()
+    embedder = make_embedder(spec.config)
+    clock = StageClock()
+    rows = {t: (lake.read_commit(lake.partition(t, **keys)) or {}).get("rows", 0) for t in STAGE_OF}
+    if "embeddings" in stale:
+        crops = lake.read("crops", spec.series, spec.episode).to_pylist()
+        data = embed_rows(embedder, spec.config["embed"]["batch"], crops, clock)
+        table = conform("embeddings", pa.Table.from_pylist(data, schema=TABLES["embeddings"]))
+        lake.commit("embeddings", table, fingerprint=fps["embeddings"], run_id=spec.run_id, **keys)
+        rows["embeddings"] = table.num_rows
+    timing = {t: (clock.seconds[STAGE_OF[t][0]] if t in stale else 0.0, clock.calls[STAGE_OF[t][0]], rows[t])
+              for t in STAGE_OF}
+    _record(lake, job, spec, keys, stale, timing, (0.0, 0), {"embed": embedder.model_id}, started_at)
+    row = dict(previous, uri=spec.uri, profile=spec.profile, ingested_at=_now())
+    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=fps["episodes"], run_id=spec.run_id, **keys)
+    return {"status": "ok", "error": None, "frames": row["n_frames"], "duration_s": row["duration_s"],
+            "shots": rows["shots"], "tracklets": rows["tracklets"], "crops": rows["crops"], "frames_decoded": 0}
+
+
+def _record(lake, job, spec, keys, stale, timing, decode, models, started_at) -> None:
+    """One stage_runs row per stage (and the decode), saying whether it was reused and what it decoded."""
+    import pyarrow as pa
+
+    from anitrack.config import canonical
+    from anitrack.ingest import _now
+
+    finished_at = _now()
+    fps = job["fingerprints"]
+    seconds, frames = decode
+    runs = [{**keys, "run_id": spec.run_id, "stage": "decode", "parameters": "{}", "model": "pyav",
+             "fingerprint": job["content_hash"], "reused": frames == 0, "seconds": seconds,
+             "frames_decoded": frames, "model_calls": 0, "rows": frames,
+             "started_at": started_at, "finished_at": finished_at}]
+    for table, (clock_key, model_key) in STAGE_OF.items():
+        stage_seconds, calls, n_rows = timing[table]
+        runs.append({**keys, "run_id": spec.run_id, "stage": table,
+                     "parameters": canonical(spec.config[clock_key]), "model": models.get(model_key, ""),
+                     "fingerprint": fps[table], "reused": table not in stale, "seconds": stage_seconds,
+                     "frames_decoded": 0, "model_calls": calls, "rows": n_rows,
+                     "started_at": started_at, "finished_at": finished_at})
+    lake.commit("stage_runs", pa.Table.from_pylist(runs), append=True, run_id=spec.run_id, **keys)
 
 
 if __name__ == "__main__":

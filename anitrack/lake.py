@@ -11,9 +11,13 @@ marker written last also hold on object stores that have no atomic rename.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import re
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,11 +31,22 @@ from schemas.tables import PARTITIONS, SCHEMA_VERSION, TABLES, with_version
 
 COMMIT = "_COMMIT.json"
 STAGING = "_staging"
+LOCKS = "_locks"
+_HELD: dict[str, int] = {}  # lock path -> depth: the holding process may re-enter (run = ingest + identify)
+REMOTE_TIMEOUT_S = 20.0  # opening a remote lake: bucket check
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class LakeError(RuntimeError):
     """A lake operation that cannot proceed; the message is user-facing."""
+
+
+class LakeUnreachable(LakeError):
+    """A remote lake that cannot be opened (missing bucket, bad credentials, no answer): exit code 1."""
+
+
+class LakeBusy(LakeError):
+    """Another process holds the series lock (ingest, identify or backfill)."""
 
 
 def slug(name: str) -> str:
@@ -61,9 +76,11 @@ class Lake:
 
     def __init__(self, url: str, create: bool = True):
         self.url = str(url)
-        self.fs, root = fsspec.core.url_to_fs(self.url)
+        self.fs, root = fsspec.core.url_to_fs(self.url, **_storage_options(self.url))
         self.root = root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
+        if not self.is_local:
+            self._check_remote()
         if self.is_local:
             path = Path(self.root)
             if not path.parent.exists():
@@ -74,6 +91,34 @@ class Lake:
                 path.mkdir(exist_ok=True)
             elif not path.exists():
                 raise LakeError(f"no lake at {path}")
+
+    def _check_remote(self, timeout_s: float = REMOTE_TIMEOUT_S) -> None:
+        """Fail at open time, in one line and within ``timeout_s``, on a missing bucket or bad credentials."""
+        bucket = self.root.split("/", 1)[0]
+        if not bucket:  # memory:// and other stores without buckets
+            return
+        where = self.fs.unstrip_protocol(bucket)
+        outcome: list = []
+
+        def probe():
+            try:
+                outcome.append(self.fs.ls(bucket, detail=False))
+            except Exception as exc:  # noqa: BLE001 - judged below, in the caller's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=probe, daemon=True)  # a hung store cannot hold the process at exit
+        worker.start()
+        worker.join(timeout_s)
+        if not outcome:
+            raise LakeUnreachable(f"{where}: no answer within {timeout_s:.0f} s (check AWS_ENDPOINT_URL)")
+        error = outcome[0]
+        if isinstance(error, FileNotFoundError):
+            raise LakeUnreachable(f"{where}: bucket does not exist")
+        if isinstance(error, PermissionError):
+            raise LakeUnreachable(f"{where}: access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): "
+                                  f"{_first_line(error)}")
+        if isinstance(error, Exception):  # botocore's connection errors are not OSErrors
+            raise LakeUnreachable(f"{where}: cannot open the lake: {_first_line(error)}")
 
     # -- paths ---------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -204,6 +249,84 @@ class Lake:
         parts = [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths]
         return pa.concat_tables([conform(table, t, columns) for t in parts])
 
+    # -- series lock ---------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, series: str, owner: str):
+        """Hold the series' exclusive lock ``_locks/<series>.json`` (host, pid, start, command) or raise LakeBusy.
+
+        Two writers of one series (two backfills, a backfill and an ingest) would
+        otherwise race on the same partitions and identity runs. Locally the lock
+        is created with O_EXCL; elsewhere each contender writes a uniquely named
+        claim and the lowest name wins. A lock whose pid is dead on this host is stale.
+        """
+        check_name("series", series)
+        path = self._join(LOCKS, f"{series}.json")
+        if path in _HELD:
+            _HELD[path] += 1
+            try:
+                yield
+            finally:
+                _HELD[path] -= 1
+            return
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "command": owner, "token": uuid.uuid4().hex,
+                "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        release = self._lock_local(path, info) if self.is_local else self._lock_claim(path, info)
+        _HELD[path] = 1
+        try:
+            yield
+        finally:
+            del _HELD[path]
+            release()
+
+    def _busy(self, series_path: str, holder: dict | None, shown: str) -> LakeBusy:
+        series = series_path.rsplit("/", 1)[-1][:-len(".json")]
+        who = (f"{holder.get('command', '?')} by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+               f"since {holder.get('since', '?')}") if holder else "a lock being written"
+        return LakeBusy(f"series {series} is busy: {who} (remove {self.full_url(shown)} if that process is gone)")
+
+    def _lock_local(self, path: str, info: dict):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        for _ in range(5):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_json(path)
+                if holder is None or not _stale(holder):
+                    raise self._busy(path, holder, path) from None
+                _break_stale(path, holder)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+
+            def release():
+                if (_read_json(path) or {}).get("token") == info["token"]:
+                    os.unlink(path)
+            return release
+        raise self._busy(path, _read_json(path), path)
+
+    def _lock_claim(self, path: str, info: dict):
+        folder = path[:-len(".json")] + ".claims"
+        self.fs.makedirs(folder, exist_ok=True)
+        mine = f"{folder}/{time.time_ns():020d}-{info['token']}.json"
+        with self.fs.open(mine, "wb") as fh:
+            fh.write(json.dumps(info).encode())
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
+        for name in names:
+            claim = f"{folder}/{name}"
+            if claim == mine:
+                return lambda: self.fs.rm(mine)
+            try:
+                with self.fs.open(claim, "rb") as fh:
+                    holder = json.loads(fh.read() or b"null")
+            except FileNotFoundError:
+                continue
+            if holder and _stale(holder):
+                self.fs.rm(claim)
+                continue
+            self.fs.rm(mine)
+            raise self._busy(path, holder, claim)
+        return lambda: self.fs.rm(mine)
+
     def series(self) -> list[str]:
         base = self._join("episodes")
         if not self.fs.exists(base):
@@ -237,6 +360,52 @@ def conform(table: str, data: pa.Table, columns: list[str] | None = None) -> pa.
             raise LakeError(f"{table}: column {field.name!r} has nulls but is required")
         arrays.append(column)
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.loads(fh.read() or "null")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _stale(holder: dict) -> bool:
+    """The holder ran on this host and its process is gone."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _break_stale(path: str, holder: dict) -> None:
+    """Move a stale lock aside; if another process replaced it meanwhile with a live one, put that back."""
+    aside = f"{path}.stale-{uuid.uuid4().hex}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if (_read_json(aside) or {}).get("token") != holder.get("token"):
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    os.unlink(aside)
+
+
+def _storage_options(url: str) -> dict:
+    """No listing cache (another process may have committed since), and bounded waits on S3."""
+    options = {"use_listings_cache": False}
+    if url.startswith(("s3://", "s3a://")):  # endpoint and credentials come from AWS_* variables
+        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
+    return options
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _protocols(fs) -> tuple[str, ...]:

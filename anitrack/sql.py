@@ -40,8 +40,8 @@ IDENTITY_VIEWS = [
     """CREATE VIEW identity_runs AS
        SELECT r.*, c.run_id IS NOT NULL AS current FROM identity_runs_all r LEFT JOIN current_runs c
        USING (series, run_id)""",
-    # seconds on screen: overlapping appearances of one character count once (interval union)
-    """CREATE VIEW screen_time AS
+    # each character's time on screen as disjoint spans: overlapping appearances merged (interval union)
+    """CREATE VIEW appearance_spans AS
        WITH ordered AS (
            SELECT series, episode, character, start_s, end_s,
                   max(end_s) OVER (PARTITION BY series, episode, character ORDER BY start_s, end_s
@@ -54,16 +54,25 @@ IDENTITY_VIEWS = [
        islands AS (
            SELECT series, episode, character, min(start_s) AS s, max(end_s) AS e
            FROM grouped GROUP BY series, episode, character, island)
-       SELECT series, episode, character, sum(e - s) AS seconds FROM islands GROUP BY ALL""",
+       SELECT series, episode, character, s AS start_s, e AS end_s FROM islands""",
+    # seconds on screen: overlapping appearances of one character count once
+    """CREATE VIEW screen_time AS
+       SELECT series, episode, character, sum(end_s - start_s) AS seconds FROM appearance_spans GROUP BY ALL""",
 ]
 
 
-def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
-    """A locked-down connection whose views show the lake's committed partitions."""
+def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2, run: str | None = None
+            ) -> duckdb.DuckDBPyConnection:
+    """A locked-down connection whose views show the lake's committed partitions.
+
+    ``run``: the identity views show that identity run instead of each series' current one
+    (compare results before and after a backfill)."""
     con = duckdb.connect(":memory:", config={"threads": threads, "memory_limit": memory_limit,
                                               "autoinstall_known_extensions": False,
                                               "autoload_known_extensions": False,
                                               "python_enable_replacements": False})
+    if not lake.is_local:  # s3:// and other fsspec stores: DuckDB reads through the lake's own filesystem
+        con.register_filesystem(lake.fs)
     for table in TABLES:
         sql = _view_sql(lake, table)
         if sql is None:
@@ -73,17 +82,23 @@ def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2) -> duckdb.D
         # identity tables keep every run (``<table>_all``); the plain view shows the current run
         name = f"{table}_all" if table in IDENTITY_TABLES else table
         con.execute(f'CREATE VIEW "{name}" AS {sql}')
-    for statement in IDENTITY_VIEWS:
+    if run is not None:
+        known = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM identity_runs_all ORDER BY 1").fetchall()]
+        if run not in known:
+            raise QueryError(f"no identity run {run!r} in the lake (runs: {', '.join(known) or 'none'})")
+        con.execute("CREATE VIEW current_runs AS SELECT DISTINCT series, run_id FROM identity_runs_all "
+                    "WHERE run_id = '" + run.replace("'", "''") + "'")
+    for statement in IDENTITY_VIEWS[0 if run is None else 1:]:  # the first defines current_runs
         con.execute(statement)
-    if lake.is_local:
-        con.execute("SET allowed_directories = [?]", [lake.root.rstrip("/") + "/"])
+    con.execute("SET allowed_directories = [?]", [lake.full_url(lake.root).rstrip("/") + "/"])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
 
 
-def run_query(con: duckdb.DuckDBPyConnection, query: str, timeout_s: float = 120.0):
-    """Run one read-only query; returns a pyarrow Table."""
+def run_query(con: duckdb.DuckDBPyConnection, query: str, timeout_s: float = 120.0, params: dict | None = None):
+    """Run one read-only query; returns a pyarrow Table. ``params`` bind ``$name`` placeholders of the last
+    statement (values are never formatted into SQL)."""
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as exc:
@@ -99,7 +114,7 @@ def run_query(con: duckdb.DuckDBPyConnection, query: str, timeout_s: float = 120
         *before, last = statements
         for statement in before:
             con.execute(statement.query)
-        return con.sql(last.query).to_arrow_table()
+        return con.sql(last.query, params=params).to_arrow_table()
     except duckdb.InterruptException:
         raise QueryError(f"query cancelled after {timeout_s:.0f} s") from None
     except duckdb.Error as exc:

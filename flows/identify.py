@@ -4,6 +4,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from anitrack.config import load_config, resolve_profile
 from flows.ingest import run_ingest
 from tasks.identify import identify_task
 
@@ -17,8 +18,12 @@ def _artifact(series: str, summary: dict) -> None:
 
 
 @flow(name="identify-series", log_prints=True)
-def identify_series(lake: str, series: str, config: dict, references: str | None = None,
-                    truth: str | None = None, full: bool = False) -> dict:
+def identify_series(lake: str, series: str, config: dict | None = None, references: str | None = None,
+                    truth: str | None = None, full: bool = False, profile: str = "offline",
+                    sets: list[str] | None = None) -> dict:
+    """Identify one series; deployments pass ``profile`` and ``sets`` (plain JSON) instead of ``config``."""
+    if config is None:
+        config = resolve_profile(load_config(sets), profile)
     summary = identify_task(lake, series, config, references, truth, full)
     _artifact(series, summary)
     return summary
@@ -27,9 +32,9 @@ def identify_series(lake: str, series: str, config: dict, references: str | None
 @flow(name="run-series", log_prints=True)
 def run_series(source: str, lake: str, series: str, config: dict, profile: str = "offline",
                references: str | None = None, truth: str | None = None, parallel: int = 0,
-               device: str = "cpu") -> dict:
-    """Ingest every episode, then identify the whole series."""
-    results = run_ingest(source, lake, series, config, profile, parallel, device)
+               device: str = "cpu", runner: str = "thread", dask_address: str | None = None) -> dict:
+    """Ingest every episode (``runner``: thread or dask, see ``run_ingest``), then identify the whole series."""
+    results = run_ingest(source, lake, series, config, profile, parallel, device, runner, dask_address)
     summary = identify_task(lake, series, config, references, truth)
     _artifact(series, summary)
     return {"episodes": results, "identity": summary}

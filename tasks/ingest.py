@@ -27,6 +27,9 @@ def ingest_episode_task(spec: EpisodeSpec) -> dict:
         logger.warning("episode %s failed: %s", spec.episode, result["error"])
     else:
         logger.info("episode %s %s in %.1f s", spec.episode, result["status"], result.get("seconds", 0.0))
+    if spec.in_process and result.get("worker"):  # Dask: each worker process loads the models once
+        logger.info("episode %s ran on worker %s (%s)", spec.episode, result["worker"],
+                    "models loaded" if result["models_loaded"] else "models reused")
     return result
 
 
