@@ -453,9 +453,14 @@ def _check_out(fmt: str, out: Optional[Path], force: bool, formats=FORMATS + ("p
         raise UsageError("--format parquet needs --out FILE")
     if out is not None and fmt == "table":
         raise UsageError("--out: choose --format csv, json or parquet for a file")
-    if out is not None and out.exists() and not force:
+    if out is not None:
+        _refuse_existing(out, force)
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not force:
         raise UsageError(f"--out: {out} exists (add --force to replace it)")
-    if out is not None and not out.parent.is_dir():
+    if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
 
 
@@ -513,13 +518,6 @@ def _export_errors():
     from anitrack.sql import QueryError
 
     return ExportError, QueryError
-
-
-def _refuse_existing(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise UsageError(f"--out: {out} exists (add --force to replace it)")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
 
 
 @export_app.command("subtitles")

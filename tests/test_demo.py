@@ -8,3 +8,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "bcubed_f1" in proc.stdout and "seconds" in proc.stdout
     assert (tmp_path / "demo" / "lake" / "screen_time").exists() is False  # a view, not a table
     assert (tmp_path / "demo" / "lake" / "appearances").is_dir()
+    # it ends with the report's path, and the page is there with its plots
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("report: ")
+    page = last[len("report: "):]
+    assert page.endswith("index.html")
+    from pathlib import Path
+
+    html = Path(page).read_text()
+    assert "<img" in html and "data:image/png;base64," in html
