@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect.events import DeploymentEventTrigger
 
+from flows.backfill import backfill_series
 from flows.identify import identify_series
 from flows.ingest import ingest_series
 
@@ -38,15 +39,9 @@ def deployments(source: str, lake: str, series: str, references: str | None = No
                                       parameters={**common, "references": references},
                                       description="Cluster and name the series; runs after each ingest."),
     ]
-    try:
-        from flows.backfill import backfill_series
-    except ModuleNotFoundError as exc:
-        if exc.name != "flows.backfill":
-            raise
-    else:
-        out.append(backfill_series.to_deployment(name=BACKFILL, concurrency_limit=1,
-                                                 parameters={"lake": lake, "series": series, "sets": []},
-                                                 description="Re-run stages whose parameters changed."))
+    out.append(backfill_series.to_deployment(name=BACKFILL, concurrency_limit=1,
+                                             parameters={"lake": lake, "series": series, "sets": []},
+                                             description="Re-run stages whose parameters changed."))
     return out
 
 

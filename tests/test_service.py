@@ -143,8 +143,7 @@ def _check_serve(client, procs, rendered: Path, source: Path, lake: Path) -> Non
     assert ingest.schedules[0].schedule.cron == "0 * * * *"
     assert ingest.parameters["sets"] == ["shots.backend=content"]
     assert identify.parameters["references"] == str(rendered.parent / "references")
-    if (REPO / "flows" / "backfill.py").exists():
-        assert deployment("backfill").schedules == []  # registered, runs only when asked
+    assert deployment("backfill").schedules == []  # registered, runs only when asked
 
     def run_and_wait() -> None:
         run = client.create_flow_run_from_deployment(ingest.id)
