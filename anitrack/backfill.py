@@ -12,7 +12,6 @@ identity run stays in the lake (``<table>_all``, ``anitrack sql --run``).
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import os
 import re
@@ -22,14 +21,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from anitrack.config import canonical, defaults, parse_sets, resolve_profile, set_value
+from anitrack.config import defaults, parse_sets, resolve_profile, set_value
 from anitrack.ingest import STAGE_TABLES, EpisodeSpec, fingerprints, ingest_episode, model_ids, needs_frames, \
     new_run_id
 from anitrack.lake import Lake
 
 IDENTITY_SECTIONS = ("cluster", "name")
 SECTION_OF = {"shots": "shots", "detections": "detect", "tracklets": "track", "crops": "crops", "embeddings": "embed"}
-SERIES_EPISODE = "all"  # the stage_runs partition of series-wide stages (identity)
 
 
 class BackfillError(ValueError):
@@ -123,7 +121,7 @@ def identity_config(lake: Lake, series: str, run_id: str | None = None, runs: li
     config["cluster"].update(json.loads(chosen["parameters"] or "{}").get("cluster", {}))
     runs = lake.read("stage_runs", series).to_pylist() if runs is None else runs
     row = _latest([r for r in runs if r["stage"] == "identity" and r["run_id"] == chosen["run_id"]])
-    if row is not None:  # runs made by a backfill also record their naming parameters
+    if row is not None:  # every identity run records its cluster and name parameters
         config["name"].update(json.loads(row["parameters"]).get("name", {}))
     return config
 
@@ -237,16 +235,7 @@ def _identify(lake: Lake, plan_: Plan) -> dict:
     """A new identity run (the previous one stays queryable); recorded in stage_runs as stage ``identity``."""
     from anitrack.identify import identify
 
-    started_at = dt.datetime.now(dt.timezone.utc)
-    summary = identify(lake, plan_.series, plan_.identity_config, full=plan_.full, run_id=plan_.run_id)
-    params = {s: plan_.identity_config[s] for s in IDENTITY_SECTIONS}
-    row = {"series": plan_.series, "episode": SERIES_EPISODE, "run_id": plan_.run_id, "stage": "identity",
-           "parameters": canonical(params), "model": "", "fingerprint": summary["run_id"], "reused": False,
-           "seconds": summary["seconds"], "frames_decoded": 0, "model_calls": 0, "rows": summary["tracklets"],
-           "started_at": started_at, "finished_at": dt.datetime.now(dt.timezone.utc)}
-    lake.commit("stage_runs", pa.Table.from_pylist([row]), append=True, run_id=plan_.run_id,
-                series=plan_.series, episode=SERIES_EPISODE)
-    return summary
+    return identify(lake, plan_.series, plan_.identity_config, full=plan_.full, run_id=plan_.run_id)
 
 
 def changed_parameters(config: dict) -> dict[str, object]:

@@ -394,13 +394,15 @@ def label(lake: str = typer.Option(...), series: str = typer.Option(...),
     else:
         group = uuid.uuid4().hex[:12]
         rows = [(t, "merge", group) for t in members[cluster] + members[merge]]
-    lk.commit("labels", pa.Table.from_pylist([{"series": series, "tracklet_id": t, "action": a, "value": v,
-                                               "created_at": now} for t, a, v in rows]),
-              append=True, series=series)
-    _err(f"recorded {len(rows)} corrections; re-identifying {series}")
     from anitrack.identify import identify as identify_now
 
-    _identify_summary(identify_now(lk, series, _config([], None, profile)))
+    with _locked(lake, series, "label"):
+        lk.commit("labels", pa.Table.from_pylist([{"series": series, "tracklet_id": t, "action": a, "value": v,
+                                                   "created_at": now} for t, a, v in rows]),
+                  append=True, series=series)
+        _err(f"recorded {len(rows)} corrections; re-identifying {series}")
+        summary = identify_now(lk, series, _config([], None, profile))
+    _identify_summary(summary)
 
 
 @app.command()

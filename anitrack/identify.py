@@ -257,6 +257,22 @@ def ccip_name_clusters(cids, reps, ref_rows, embedder) -> list[identity.Naming]:
 
 
 # -- the run -------------------------------------------------------------------------
+SERIES_EPISODE = "all"  # the stage_runs partition of series-wide stages (identity)
+
+
+def _record_run(lake: Lake, series: str, run_id: str, config: dict, model: str, n_tracklets: int,
+                seconds: float) -> None:
+    """A ``stage_runs`` row per identity run with its cluster and name parameters, so a backfill knows
+    what the current run was made with."""
+    now = dt.datetime.now(dt.timezone.utc)
+    row = {"series": series, "episode": SERIES_EPISODE, "run_id": run_id, "stage": "identity",
+           "parameters": canonical({s: config[s] for s in ("cluster", "name")}), "model": model,
+           "fingerprint": run_id, "reused": False, "seconds": seconds, "frames_decoded": 0, "model_calls": 0,
+           "rows": n_tracklets, "started_at": now - dt.timedelta(seconds=seconds), "finished_at": now}
+    lake.commit("stage_runs", pa.Table.from_pylist([row]), append=True, run_id=run_id, series=series,
+                episode=SERIES_EPISODE)
+
+
 def identify(lake: Lake, series: str, config: dict, references: str | Path | None = None,
              truth: str | Path | None = None, full: bool = False, run_id: str | None = None) -> dict:
     """One identity run; returns a summary with the quality figures."""
@@ -330,6 +346,7 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
         [{"series": series, "tracklet_id": t, "n": n} for t, n in sorted(registry.items())],
         schema=pa.schema([("series", pa.string()), ("tracklet_id", pa.string()), ("n", pa.int64())])),
         series=series)
+    _record_run(lake, series, run_id, config, data["model"], len(data["ids"]), seconds)
     lake.commit("identity_runs", pa.Table.from_pylist([{
         "series": series, "run_id": run_id, "parameters": param_key, "model": data["model"], "mode": mode,
         "n_tracklets": len(data["ids"]), "n_clusters": int(len(set(labels.tolist()) - {-1})), "seconds": seconds,

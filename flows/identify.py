@@ -5,6 +5,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from anitrack.config import load_config, resolve_profile
+from anitrack.lake import Lake
 from flows.ingest import run_ingest
 from tasks.identify import identify_task
 
@@ -24,7 +25,8 @@ def identify_series(lake: str, series: str, config: dict | None = None, referenc
     """Identify one series; deployments pass ``profile`` and ``sets`` (plain JSON) instead of ``config``."""
     if config is None:
         config = resolve_profile(load_config(sets), profile)
-    summary = identify_task(lake, series, config, references, truth, full)
+    with Lake(lake).lock(series, "identify"):  # re-entered when the CLI already holds it
+        summary = identify_task(lake, series, config, references, truth, full)
     _artifact(series, summary)
     return summary
 
@@ -35,6 +37,7 @@ def run_series(source: str, lake: str, series: str, config: dict, profile: str =
                device: str = "cpu", runner: str = "thread", dask_address: str | None = None) -> dict:
     """Ingest every episode (``runner``: thread or dask, see ``run_ingest``), then identify the whole series."""
     results = run_ingest(source, lake, series, config, profile, parallel, device, runner, dask_address)
-    summary = identify_task(lake, series, config, references, truth)
+    with Lake(lake).lock(series, "identify"):
+        summary = identify_task(lake, series, config, references, truth)
     _artifact(series, summary)
     return {"episodes": results, "identity": summary}

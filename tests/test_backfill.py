@@ -217,6 +217,9 @@ def test_backfill_flow_keeps_naming_parameters_for_the_next_backfill(series, pre
     assert current[0]["run_id"] == done["run_id"] and "name.threshold=0.7" in current[0]["parameters"]
     later = plan(lk, "mini", ["cluster.merge_threshold=0.8"])
     assert later.identity_config["name"]["threshold"] == 0.7 and later.full and not later.recompute
+    # a plain identify records what it named with too, so the next backfill starts from it
+    run_cli("identify", "--lake", str(lake), "--series", "mini", "--set", "name.threshold=0.6", check=True)
+    assert plan(Lake(str(lake), create=False), "mini", []).identity_config["name"]["threshold"] == 0.6
 
 
 def test_series_lock_names_a_live_holder_and_breaks_a_stale_one(tmp_path):
