@@ -34,6 +34,22 @@ def thread_lake(series, tmp_path_factory):
     return lake
 
 
+def _workers(pid: int) -> list:
+    """The Dask worker processes under ``pid`` (processes that exit or turn zombie meanwhile are skipped)."""
+    found = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return found
+    for child in children:
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
 @pytest.fixture(scope="module")
 def dask_run(series, tmp_path_factory):
     """Ingest on a 2-worker LocalCluster and SIGKILL one worker process while episodes are running."""
@@ -45,8 +61,7 @@ def dask_run(series, tmp_path_factory):
     killed, committed_at_kill = None, None
     deadline = time.monotonic() + 600
     while proc.poll() is None and killed is None and time.monotonic() < deadline:
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "spawn_main" in " ".join(p.cmdline())]
+        workers = _workers(proc.pid)
         if len(workers) == 2 and "Dask dashboard" in log.read_text():
             time.sleep(3)  # the episodes are being decoded now
             committed_at_kill = len(Lake(str(lake)).commits("episodes"))
