@@ -447,10 +447,14 @@ def sql(query: Optional[str] = typer.Argument(None, help="SQL; omit for an inter
             buffer = ""
 
 
-def _check_out(fmt: str, out: Optional[Path], force: bool, formats=FORMATS + ("parquet",)) -> None:
-    """Refuse a bad --format / --out pair before any work is done."""
+def _check_format(fmt: str, formats=FORMATS) -> None:
     if fmt not in formats:
         raise UsageError(f"--format: choose from {', '.join(formats)}")
+
+
+def _check_out(fmt: str, out: Optional[Path], force: bool, formats=FORMATS + ("parquet",)) -> None:
+    """Refuse a bad --format / --out pair before any work is done."""
+    _check_format(fmt, formats)
     if out is None and fmt == "parquet":
         raise UsageError("--format parquet needs --out FILE")
     if out is not None and fmt == "table":
@@ -532,8 +536,7 @@ def export_subtitles(lake: str = typer.Option(...), series: str = typer.Option(.
     from anitrack.export import write_subtitles
     from anitrack.sql import connect
 
-    if fmt not in ("ass", "srt"):
-        raise UsageError("--format: choose ass or srt")
+    _check_format(fmt, ("ass", "srt"))
     _refuse_existing(out, force)
     try:
         n = write_subtitles(connect(_open_lake(lake, create=False)), series, episode, fmt, out)
@@ -555,8 +558,7 @@ def export_dataset(lake: str = typer.Option(...), series: str = typer.Option(...
     from anitrack.export import export_dataset as write_dataset
     from anitrack.sql import connect
 
-    if fmt not in ("imagefolder", "parquet"):
-        raise UsageError("--format: choose imagefolder or parquet")
+    _check_format(fmt, ("imagefolder", "parquet"))
     _refuse_existing(out, force)
     try:
         counts = write_dataset(connect(_open_lake(lake, create=False)), series, out, fmt, character, min_size,
@@ -579,8 +581,7 @@ def export_clips(lake: str = typer.Option(...), series: str = typer.Option(...),
     from anitrack.export import export_clips as write_clips
     from anitrack.sql import connect
 
-    if fmt not in ("csv", "parquet"):
-        raise UsageError("--format: choose csv or parquet")
+    _check_format(fmt, ("csv", "parquet"))
     _refuse_existing(out, force)
     try:
         n = write_clips(connect(_open_lake(lake, create=False)), series, out, fmt, character, min_coverage, cut)
@@ -599,9 +600,7 @@ def export_table(name: str = typer.Argument(..., help="A table or view, e.g. scr
     from anitrack.export import table_rows
     from anitrack.sql import connect
 
-    if fmt not in ("csv", "parquet"):
-        raise UsageError("--format: choose csv or parquet")
-    _check_out(fmt, out, force)
+    _check_out(fmt, out, force, formats=("csv", "parquet"))
     try:
         table = table_rows(connect(_open_lake(lake, create=False)), name, series)
     except _export_errors() as exc:
@@ -727,8 +726,7 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
     from anitrack.backfill import BackfillError, plan as make_plan
     from anitrack.config import ConfigError
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format: choose from {', '.join(FORMATS)}")
+    _check_format(fmt)
     lk = _open_lake(lake, create=False)
     try:
         with contextlib.nullcontext() if dry_run else _locked(lake, series, "backfill"):
@@ -770,8 +768,7 @@ def runs(lake: str = typer.Option(..., help="Lake folder or URL."),
     """List a series' identity runs with their parameters; * marks the current one."""
     from anitrack.backfill import runs_table
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format: choose from {', '.join(FORMATS)}")
+    _check_format(fmt)
     table = runs_table(_open_lake(lake, create=False), series)
     if table.num_rows == 0:
         raise Failure(f"series {series!r} has no identity runs (run anitrack identify or backfill first)")

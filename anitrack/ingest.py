@@ -191,10 +191,11 @@ def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | Non
                         "note": note}
     if lake.fingerprint("episodes", **keys) == fps_["episodes"]:
         return {"episode": spec.episode, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri}
-    decode = needs_frames(stale_tables(lake, keys, fps_))
-    local, cleanup = _local_copy(spec.uri) if decode else (spec.uri, lambda: None)
+    stale = stale_tables(lake, keys, fps_)
+    local, cleanup = _local_copy(spec.uri) if needs_frames(stale) else (spec.uri, lambda: None)
     try:
-        job = dict(asdict(spec), uri=local, source_uri=spec.uri, content_hash=digest, size=size, fingerprints=fps_)
+        job = dict(asdict(spec), uri=local, source_uri=spec.uri, content_hash=digest, size=size, fingerprints=fps_,
+                   stale=stale)
         ok, message = _run_here(job, progress) if spec.in_process else _run_child(job, progress, timeout_s)
     finally:
         cleanup()

@@ -68,7 +68,7 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
     import pyarrow as pa
 
     from anitrack.episode import EpisodePipeline
-    from anitrack.ingest import EpisodeSpec, _now, episode_row, needs_frames, stale_tables
+    from anitrack.ingest import EpisodeSpec, _now, episode_row, needs_frames
     from anitrack.lake import Lake
     from anitrack.video import probe
 
@@ -77,7 +77,7 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
     lake = Lake(spec.lake)
     fps = job["fingerprints"]
     keys = {"series": spec.series, "episode": spec.episode}
-    stale = stale_tables(lake, keys, fps)
+    stale = job["stale"]  # the stage tables the parent found out of date
     previous = lake.read("episodes", spec.series, spec.episode).to_pylist()
     if not needs_frames(stale) and previous and previous[0]["status"] == "ok" \
             and previous[0]["content_hash"] == job["content_hash"]:  # nothing upstream of the vectors changed

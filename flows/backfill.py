@@ -8,6 +8,7 @@ from prefect.artifacts import create_table_artifact
 
 from anitrack import backfill
 from anitrack.lake import Lake
+from flows import artifact_key
 
 
 @flow(name="backfill", log_prints=True)
@@ -20,7 +21,7 @@ def backfill_series(lake: str, series: str, sets: list[str], episodes: str | Non
     with contextlib.nullcontext() if dry_run else lk.lock(series, "backfill"):  # held from planning to the end
         plan = backfill.plan(lk, series, sets, episodes)
         rows = plan.rows()
-        create_table_artifact(key=f"backfill-{series.lower()}".replace("_", "-").replace(".", "-")[:60],
+        create_table_artifact(key=artifact_key("backfill", series),
                               table=rows, description=f"backfill plan of {series}: {' '.join(sets)}")
         if dry_run or not plan.identity:
             logger.info("backfill of %s: %s", series, "dry run" if dry_run else "nothing to do")

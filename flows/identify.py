@@ -6,13 +6,14 @@ from prefect.artifacts import create_table_artifact
 
 from anitrack.config import load_config, resolve_profile
 from anitrack.lake import Lake
+from flows import artifact_key
 from flows.ingest import run_ingest
 from tasks.identify import identify_task
 
 
 def _artifact(series: str, summary: dict) -> None:
     create_table_artifact(
-        key=f"identity-{series.lower()}".replace("_", "-").replace(".", "-")[:60],
+        key=artifact_key("identity", series),
         table=[{k: c[k] for k in ("cluster_id", "character", "named", "closest", "similarity", "n_tracklets")}
                for c in summary["characters"]],
         description=f"identity run {summary['run_id']} of {series}")

@@ -12,6 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from anitrack.config import load_config, resolve_profile
 from anitrack.ingest import EpisodeSpec, episode_name, new_run_id
 from anitrack.lake import Lake
+from flows import artifact_key
 from tasks.ingest import discover_episodes, ingest_episode_task
 
 
@@ -116,7 +117,7 @@ def ingest_series(source: str, lake: str, series: str, config: dict | None = Non
         task = ingest_episode_task.with_options(retries=1) if dask else ingest_episode_task
         results = task.map(specs).result()
     create_table_artifact(
-        key=f"ingest-{series.lower()}".replace("_", "-").replace(".", "-")[:60],
+        key=artifact_key("ingest", series),
         table=[{k: r.get(k) for k in ("episode", "status", "frames", "shots", "tracklets", "crops", "seconds",
                                       "error")} for r in results],
         description=f"ingestion of {series} into {lake} (run {run_id})")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,26 @@ def ingested_lake(synth_series, tmp_path_factory) -> Path:
     """The synthetic series ingested once, offline, through the real CLI (Prefect ephemeral mode)."""
     lake = tmp_path_factory.mktemp("lakes") / "lake"
     run_cli("ingest", str(synth_series), "--lake", str(lake), "--series", "mini", check=True)
+    return lake
+
+
+IDENTITY_TABLES = ("clusters", "characters", "appearances", "quality", "identity_runs", "labels",
+                   "unknown_registry", "references")
+
+
+def copy_lake(src: Path, dst: Path) -> Path:
+    """A copy of a lake without its identity tables (shared fixtures are never written to)."""
+    shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if Path(folder) == src
+                                                            and n in IDENTITY_TABLES])
+    return dst
+
+
+@pytest.fixture(scope="session")
+def identified_lake(ingested_lake, synth_series, tmp_path_factory) -> Path:
+    """A copy of the ingested series identified once with its gallery and truth; tests only read it."""
+    lake = copy_lake(ingested_lake, tmp_path_factory.mktemp("identified") / "lake")
+    run_cli("identify", "--lake", str(lake), "--series", "mini", "--references",
+            str(synth_series.parent / "references"), "--truth", str(synth_series / "truth.json"), check=True)
     return lake
 
 

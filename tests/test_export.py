@@ -19,13 +19,9 @@ from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def lake(synth_series, ingested_lake, tmp_path_factory):
-    """A copy of the session's ingested series, identified with its reference gallery."""
-    lake = tmp_path_factory.mktemp("xlake") / "lake"
-    shutil.copytree(ingested_lake, lake)
-    run_cli("identify", "--lake", str(lake), "--series", "mini", "--references",
-            str(synth_series.parent / "references"), check=True)
-    return lake
+def lake(identified_lake):
+    """The session's synthetic series, identified with its reference gallery (read only)."""
+    return identified_lake
 
 
 def q(lake, sql, **params):

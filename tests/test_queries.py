@@ -6,7 +6,6 @@ import datetime as dt
 import io
 import itertools
 import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -111,13 +110,9 @@ def test_parameters_are_bound_not_formatted(hand):
 
 # -- the real pipeline on a synthetic series -------------------------------------------------------
 @pytest.fixture(scope="module")
-def lake(synth_series, ingested_lake, tmp_path_factory):
-    """A copy of the session's ingested series (3 episodes, 4 characters), identified with its gallery."""
-    lake = tmp_path_factory.mktemp("qlake") / "lake"
-    shutil.copytree(ingested_lake, lake)
-    run_cli("identify", "--lake", str(lake), "--series", "mini", "--references",
-            str(synth_series.parent / "references"), check=True)
-    return lake
+def lake(identified_lake):
+    """The session's synthetic series, identified with its reference gallery (read only)."""
+    return identified_lake
 
 
 def cli_rows(lake, name, *args):

@@ -13,18 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
-
-NOT_COPIED = ("clusters", "characters", "appearances", "quality", "identity_runs", "labels", "unknown_registry",
-              "references")
-
-
-def copy_lake(src: Path, dst: Path) -> Path:
-    """The session's ingested lake without identity tables (the shared fixture is never written to)."""
-    shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if Path(folder) == src
-                                                            and n in NOT_COPIED])
-    return dst
-
+from tests.conftest import copy_lake, run_cli
 
 def q(lake: Path, query: str) -> list[dict]:
     from anitrack.lake import Lake
@@ -34,12 +23,9 @@ def q(lake: Path, query: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def report(ingested_lake, synth_series, tmp_path_factory):
-    base = tmp_path_factory.mktemp("report")
-    lake = copy_lake(ingested_lake, base / "lake")
-    run_cli("identify", "--lake", str(lake), "--series", "mini", "--references",
-            str(synth_series.parent / "references"), "--truth", str(synth_series / "truth.json"), check=True)
-    out = base / "report"
+def report(identified_lake, tmp_path_factory):
+    lake = identified_lake
+    out = tmp_path_factory.mktemp("report") / "report"
     proc = run_cli("report", "--lake", str(lake), "--series", "mini", "--out", str(out), check=True)
     assert proc.stdout.strip() == str(out / "index.html")
     return {"lake": lake, "out": out, "page": (out / "index.html").read_text()}
