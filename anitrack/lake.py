@@ -286,23 +286,31 @@ class Lake:
 
     def _lock_local(self, path: str, info: dict):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        for _ in range(5):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_json(path)
-                if holder is None or not _stale(holder):
-                    raise self._busy(path, holder, path) from None
-                _break_stale(path, holder)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(info, fh)
+        # the claim is written in full first and then hard-linked into place: link() fails if the
+        # lock exists, so a contender never sees a lock file without its holder's details
+        mine = f"{path}.{info['token']}"
+        with open(mine, "w") as fh:
+            json.dump(info, fh)
+        try:
+            for _ in range(5):
+                try:
+                    os.link(mine, path)
+                except FileExistsError:
+                    holder = _read_json(path)
+                    if holder is None and not os.path.exists(path):
+                        continue  # released meanwhile
+                    if holder is None or not _stale(holder):
+                        raise self._busy(path, holder, path) from None
+                    _break_stale(path, holder)
+                    continue
 
-            def release():
-                if (_read_json(path) or {}).get("token") == info["token"]:
-                    os.unlink(path)
-            return release
-        raise self._busy(path, _read_json(path), path)
+                def release():
+                    if (_read_json(path) or {}).get("token") == info["token"]:
+                        os.unlink(path)
+                return release
+            raise self._busy(path, _read_json(path), path)
+        finally:
+            os.unlink(mine)
 
     def _lock_claim(self, path: str, info: dict):
         folder = path[:-len(".json")] + ".claims"

@@ -245,3 +245,26 @@ def test_series_lock_names_a_live_holder_and_breaks_a_stale_one(tmp_path):
     with lake.lock("s", "backfill"):  # the holder died without releasing: its lock is stale
         assert json.loads((tmp_path / "lake" / "_locks" / "s.json").read_text())["command"] == "backfill"
     assert not (tmp_path / "lake" / "_locks" / "s.json").exists()
+
+
+def test_series_lock_contenders_starting_together_each_see_the_winner(tmp_path):
+    """Processes released at one instant: one wins, every loser names the winner's pid (never a half-written lock)."""
+    import sys
+    import time
+
+    root = str(tmp_path / "lake")
+    Lake(root)
+    go = time.time() + 3
+    script = ("import sys, time\nfrom anitrack.lake import Lake, LakeBusy\nlake = Lake(sys.argv[1], create=False)\n"
+              "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+              "try:\n    with lake.lock('s', 'ingest'):\n        print('won', flush=True)\n        time.sleep(2)\n"
+              "except LakeBusy as exc:\n    print(exc, flush=True)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, root, str(go)], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    outs = [(p.pid, p.communicate(timeout=120)[0].strip()) for p in procs]
+    winners = [pid for pid, out in outs if out == "won"]
+    assert len(winners) == 1, outs
+    for pid, out in outs:
+        if pid != winners[0]:
+            assert out.startswith(f"series s is busy: ingest by pid {winners[0]} on "), outs
+    assert sorted(p.name for p in (tmp_path / "lake" / "_locks").iterdir()) == []  # no claim files left behind
