@@ -244,7 +244,7 @@ def cut_clips(con, clips: pa.Table, out: Path) -> list[Path]:
     import av
     import cv2
 
-    from anitrack.video import VideoError, iter_frames
+    from anitrack.video import VideoError, h264_stream, iter_frames
 
     by_episode: dict[str, list[dict]] = {}
     for r in clips.to_pylist():
@@ -271,11 +271,8 @@ def cut_clips(con, clips: pa.Table, out: Path) -> list[Path]:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     written.append(path)
                     container = av.open(str(path), mode="w")
-                    stream = container.add_stream("libx264", rate=rate)
                     h, w = frame.rgb.shape[:2]
-                    stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
-                    stream.codec_context.time_base = 1 / rate
-                    stream.options = {"crf": "20", "preset": "veryfast"}
+                    stream = h264_stream(container, rate, w - w % 2, h - h % 2, crf=20)
                     first = frame.index
                 if current is not None:
                     rgb = frame.rgb[:stream.height, :stream.width]

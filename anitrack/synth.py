@@ -960,15 +960,12 @@ def _encode(path: Path, frames, fps: Fraction, width: int, height: int, on_frame
     """Stream RGB frames into an H.264 mp4; frame i gets pts i in time base 1/fps."""
     import av
 
+    from anitrack.video import h264_stream
+
     n = 0
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = 1 / fps
-        # multi-threaded x264 (slice or frame threads) gave run-to-run different bitstreams under
-        # load; one encoder thread keeps decoded frames identical for identical arguments
-        stream.codec_context.thread_count = 1
-        stream.options = {"crf": "23", "preset": "veryfast"}
+        # one encoder thread: the render thread (_prefetch) has the other core
+        stream = h264_stream(container, fps, width, height, threads=1)
 
         def yuv():
             for i, frame, extra in frames:

@@ -1,4 +1,4 @@
-"""Video input: probing, hashing and streaming decode with presentation timestamps.
+"""Video input: probing, hashing and streaming decode with presentation timestamps; H.264 output.
 
 Frames are streamed one at a time (a 22-minute 480p episode is ~29 GB raw), and
 each frame carries its own timestamp from the container's PTS, because anime
@@ -125,3 +125,18 @@ def iter_frames(uri: str) -> Iterator[Frame]:
     finally:
         container.close()
         handle.close()
+
+
+def h264_stream(container, rate, width: int, height: int, crf: int = 23, threads: int = 0):
+    """Add a yuv420p H.264 stream whose bitstream depends only on the frames written to it.
+
+    x264's macroblock-tree rate control runs float SIMD that, in its AVX-512 build, reads
+    uninitialised memory when the frame is not a multiple of 8 macroblocks wide (854 px):
+    identical frames then encoded to different files depending on the heap. It is off.
+    """
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.codec_context.time_base = 1 / rate
+    stream.codec_context.thread_count = threads
+    stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
+    return stream

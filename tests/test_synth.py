@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from anitrack.synth import EXTRA, synthesize_series
+from tests.conftest import run_cli
 
 animeface = pytest.importorskip("animeface")
 
@@ -181,11 +182,21 @@ def _digest(folder):
 
 
 def test_deterministic(tmp_path):
-    kw = dict(episodes=1, characters=4, seconds=3, extras=False)
-    a = synthesize_series(tmp_path / "a", seed=5, **kw)
-    b = synthesize_series(tmp_path / "b", seed=5, **kw)
-    c = synthesize_series(tmp_path / "c", seed=6, **kw)
+    """Same arguments, same files: byte for byte, whatever the memory the process was handed.
+
+    Each render runs in its own process with glibc filling fresh allocations with a different
+    byte (MALLOC_PERTURB_) and serving large ones from the heap rather than zeroed pages, so
+    an encoder or renderer that reads uninitialised memory shows up here, not as a rare flake.
+    """
+    def render(folder, seed, perturb):
+        env = {"MALLOC_PERTURB_": str(perturb), "MALLOC_MMAP_THRESHOLD_": str(1 << 30)}
+        run_cli("synth", str(folder), "--episodes", "1", "--characters", "4", "--seconds", "3", "--seed",
+                str(seed), env=env, check=True)
+        return folder / "synth"
+
+    a, b, c = render(tmp_path / "a", 5, 1), render(tmp_path / "b", 5, 200), render(tmp_path / "c", 6, 1)
     assert (a / "truth.json").read_bytes() == (b / "truth.json").read_bytes()
+    assert (a / "episode_01.mp4").read_bytes() == (b / "episode_01.mp4").read_bytes()
     assert _digest(a) == _digest(b)
     first = [next(_decode(x / "episode_01.mp4"))[0] for x in (a, b, c)]
     assert np.array_equal(first[0], first[1])
