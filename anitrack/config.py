@@ -56,6 +56,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
     "name": {
         "threshold": (0.65, "Cosine between a cluster centroid and a character's best reference to name it."),
         "verify_threshold": (0.5, "Cosine the cluster's best tracklet needs to that same reference."),
+        "rescue_margin": (0.1, "A noise tracklet (too few to cluster) is named anyway when its best character "
+                               "passes the threshold and beats every other label by this much; 1 turns it off."),
     },
 }
 

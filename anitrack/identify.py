@@ -21,6 +21,7 @@ import pyarrow as pa
 from anitrack import identity
 from anitrack.config import canonical
 from anitrack.lake import Lake
+from schemas.tables import TABLES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -34,7 +35,8 @@ def params_from(config: dict) -> identity.IdentityParams:
     return identity.IdentityParams(
         min_cluster_size=c["min_cluster_size"], min_samples=c["min_samples"], merge_threshold=c["merge_threshold"],
         name_threshold=n["threshold"], verify_threshold=n["verify_threshold"], reduce_dims=c["reduce_dims"],
-        max_prototypes=c["max_prototypes"], assign_threshold=c["assign_threshold"])
+        max_prototypes=c["max_prototypes"], assign_threshold=c["assign_threshold"],
+        rescue_margin=n["rescue_margin"])
 
 
 # -- references ----------------------------------------------------------------
@@ -308,8 +310,9 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     param_key = canonical(key)
     mode = "full"
     if previous and not full and previous["parameters"] == param_key:
+        # rescued tracklets were noise to the clustering; naming decides them afresh
         old = {r["tracklet_id"]: r["cluster_id"] for r in lake.read("clusters", series).to_pylist()
-               if r["run_id"] == previous["run_id"]}
+               if r["run_id"] == previous["run_id"] and not r["rescued"]}
         known = np.array([i in old for i in data["ids"]])
         if known.any():
             mode = "incremental"
@@ -327,8 +330,8 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     corrections = lake.read("labels", series).to_pylist()
     labels = apply_corrections(labels, data["ids"], corrections)
 
-    characters, registry = _name(lake, series, data, labels, ref_rows, corrections, params)
-    tables = _tables(series, run_id, data, labels, characters)
+    characters, registry, labels, rescued = _name(lake, series, data, labels, ref_rows, corrections, params)
+    tables = _tables(series, run_id, data, labels, characters, rescued)
     if truth is not None:
         cols = ["episode", "frame", "x1", "y1", "x2", "y2", "tracklet_id"]
         data["detections"] = [d for d in lake.read("detections", series, columns=cols).to_pylist()
@@ -356,20 +359,26 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
 
 
 def _name(lake, series, data, labels, ref_rows, corrections, params):
+    """Name every cluster (and rescue noise tracklets the gallery recognises); returns the
+    characters rows, the unknown registry, the final labels and the rescued mask."""
     ids, vectors = data["ids"], data["vectors"]
-    cids, cvecs = identity.centroids(vectors, labels)
-    best = []
-    for k, c in zip(cids, cvecs):  # the member closest to its centroid: the cluster's best crop
-        members = np.flatnonzero(labels == k)
-        best.append(members[int(np.argmax(vectors[members] @ c))])
-    if ref_rows and data.get("embedder") is not None:
-        namings = ccip_name_clusters(cids, ccip_centroids(data["raw"], labels)[1], ref_rows, data["embedder"])
-    elif ref_rows:
-        namings = identity.name_clusters(cids, cvecs, np.asarray([r["vector"] for r in ref_rows], np.float32),
-                                         np.array([r["character"] for r in ref_rows]), params,
-                                         best_member_vectors=vectors[best])
-    else:
-        namings = [identity.Naming(int(k), None, "", float("nan"), False) for k in cids]
+    rescued = np.zeros(len(ids), bool)
+    namings = {n.cluster_id: n for n in _namings(data, labels, ref_rows, params)}
+    if ref_rows and params.rescue_margin < 1:
+        scores, chars, threshold = _noise_scores(data, labels, ref_rows, params)
+        row_of = {int(i): k for k, i in enumerate(np.flatnonzero(labels == -1))}
+        named = {}
+        for n in sorted(namings.values(), key=lambda n: n.similarity):
+            if n.named:
+                named[n.character] = n.cluster_id  # the closest of several clusters of one name wins
+        labels, rescued = identity.rescue_noise(labels, data["episodes"], data["starts"], data["ends"], scores, chars,
+                                                named, threshold, params.rescue_margin)
+        for k in sorted(set(labels[rescued].tolist()) - set(namings)):  # new clusters of rescued tracklets
+            rows = [row_of[int(i)] for i in np.flatnonzero(labels == k)]
+            ch = int(np.argmax(scores[rows].max(axis=0)))
+            namings[k] = identity.Naming(int(k), str(chars[ch]), str(chars[ch]), float(scores[rows, ch].max()), True)
+    cids, best = _best_members(vectors, labels)
+    namings = [namings[int(k)] for k in cids]
     named_by = {}
     for (tid, action), value in {(r["tracklet_id"], r["action"]): r["value"]
                                  for r in sorted(corrections, key=lambda r: r["created_at"])}.items():
@@ -392,20 +401,63 @@ def _name(lake, series, data, labels, ref_rows, corrections, params):
                     "closest": n.closest or None,
                     "similarity": None if np.isnan(n.similarity) else float(n.similarity),
                     "n_tracklets": len(members[n.cluster_id]), "best_tracklet_id": ids[b]})
-    return out, registry
+    return out, registry, labels, rescued
 
 
-def _tables(series, run_id, data, labels, characters):
+def _namings(data, labels, ref_rows, params) -> list[identity.Naming]:
+    """The gallery's verdict on each cluster, in the series' own metric."""
+    vectors = data["vectors"]
+    cids, cvecs = identity.centroids(vectors, labels)
+    if not ref_rows:
+        return [identity.Naming(int(k), None, "", float("nan"), False) for k in cids]
+    if data.get("embedder") is not None:
+        return ccip_name_clusters(cids, ccip_centroids(data["raw"], labels)[1], ref_rows, data["embedder"])
+    return identity.name_clusters(cids, cvecs, np.asarray([r["vector"] for r in ref_rows], np.float32),
+                                  np.array([r["character"] for r in ref_rows]), params,
+                                  best_member_vectors=vectors[_best_members(vectors, labels)[1]])
+
+
+def _best_members(vectors, labels) -> tuple[np.ndarray, list[int]]:
+    """Cluster ids and, per cluster, the member closest to its centroid: the cluster's best crop."""
+    cids, cvecs = identity.centroids(vectors, labels)
+    best = []
+    for k, c in zip(cids, cvecs):
+        members = np.flatnonzero(labels == k)
+        best.append(int(members[int(np.argmax(vectors[members] @ c))]))
+    return cids, best
+
+
+def _noise_scores(data, labels, ref_rows, params) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each noise tracklet's closeness to each gallery label (higher is closer) and the naming bar,
+    in the series' own metric: max cosine, or 1 - CCIP's min difference."""
+    noise = np.flatnonzero(labels == -1)
+    chars, inv = np.unique(np.array([str(r["character"]) for r in ref_rows]), return_inverse=True)
+    inv = inv.ravel()
+    refs = np.asarray([r["vector"] for r in ref_rows], np.float32)
+    embedder = data.get("embedder")
+    if embedder is not None:
+        close = 1.0 - (embedder.differences(data["raw"][noise], refs) if len(noise) else np.zeros((0, len(refs))))
+        threshold = 1.0 - embedder.threshold()
+    else:
+        close = data["vectors"][noise] @ identity._unit(refs).T
+        threshold = params.name_threshold
+    scores = np.stack([close[:, inv == ch].max(axis=1) for ch in range(len(chars))], axis=1) if len(noise) \
+        else np.zeros((0, len(chars)))
+    return scores, chars, threshold
+
+
+def _tables(series, run_id, data, labels, characters, rescued):
     name_of = {c["cluster_id"]: c["character"] for c in characters}
     base = {"series": series, "run_id": run_id}
-    clusters = [{**base, "episode": r["episode"], "tracklet_id": r["tracklet_id"], "cluster_id": int(k)}
-                for r, k in zip(data["rows"], labels)]
+    clusters = [{**base, "episode": r["episode"], "tracklet_id": r["tracklet_id"], "cluster_id": int(k),
+                 "rescued": bool(x)} for r, k, x in zip(data["rows"], labels, rescued)]
     appearances = [{**base, "episode": r["episode"], "character": name_of[int(k)], "cluster_id": int(k),
                     "tracklet_id": r["tracklet_id"], "start_s": r["start_s"], "end_s": r["end_s"]}
                    for r, k in zip(data["rows"], labels) if k >= 0]
-    return {"clusters": pa.Table.from_pylist(clusters),
-            "characters": pa.Table.from_pylist([{**base, **c} for c in characters]),
-            "appearances": pa.Table.from_pylist(appearances)}
+    # with the schemas: a run that finds no character still writes (empty) tables
+    return {"clusters": pa.Table.from_pylist(clusters, schema=TABLES["clusters"]),
+            "characters": pa.Table.from_pylist([{**base, **c} for c in characters], schema=TABLES["characters"]),
+            "appearances": pa.Table.from_pylist(appearances, schema=TABLES["appearances"])}
 
 
 def union_seconds(intervals: list[tuple[float, float]]) -> float:

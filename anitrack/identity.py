@@ -55,6 +55,7 @@ class IdentityParams:
     reduce_dims: int = 32           # dims the micro-clustering routes tracklets in
     max_prototypes: int = 4000      # micro-clusters HDBSCAN sees (its P x P matrix is the memory bound)
     assign_threshold: float = 0.8   # cosine a tracklet needs to its prototype / an existing centroid
+    rescue_margin: float = 0.1      # lead a noise tracklet's best character needs to be named anyway
 
 
 @dataclass
@@ -643,6 +644,51 @@ def name_clusters(centroid_ids, centroid_vectors, ref_vectors, ref_labels, param
             ok = float(bm[k] @ r[best_ref]) >= params.verify_threshold
         out.append(Naming(int(ids[k]), str(chars[ch]) if ok else None, str(chars[ch]), s, bool(ok)))
     return out
+
+
+def rescue_noise(labels, episodes, starts, ends, scores, chars, named_clusters: dict[str, int],
+                 threshold: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Name noise tracklets that match one gallery character unmistakably.
+
+    HDBSCAN calls a character seen in fewer than min_cluster_size tracklets noise
+    (a minor character in one episode); the gallery is independent evidence for it.
+    ``scores`` has a row per noise tracklet (in ``np.flatnonzero(labels == -1)``
+    order) and a column per gallery label in ``chars`` (higher is closer). A
+    tracklet whose best label is a character (not a noise label), scores >=
+    ``threshold`` and beats every other label by ``margin`` joins the cluster
+    ``named_clusters[character]``, or one new cluster per character. The best
+    matches go first, and a tracklet on screen together with a member of its
+    target cluster stays noise. Returns the new labels and a mask of the
+    tracklets rescued.
+    """
+    labels = np.asarray(labels, np.int64).copy()
+    rescued = np.zeros(len(labels), bool)
+    noise = np.flatnonzero(labels == -1)
+    scores = np.asarray(scores, np.float64).reshape(len(noise), len(chars))
+    if len(noise) == 0 or len(chars) == 0:
+        return labels, rescued
+    order = np.argsort(-scores, axis=1)
+    best = scores[np.arange(len(noise)), order[:, 0]]
+    second = scores[np.arange(len(noise)), order[:, 1]] if len(chars) > 1 else np.full(len(noise), -np.inf)
+    ok = (best >= threshold) & (best - second >= margin)
+    ep = _episode_codes(episodes)
+    s, e = np.asarray(starts, np.float64), np.asarray(ends, np.float64)
+    target = dict(named_clusters)
+    nxt = int(labels.max(initial=-1)) + 1
+    for k in np.argsort(-best, kind="stable"):
+        char = str(chars[order[k, 0]])
+        if not ok[k] or _is_noise_label(char):
+            continue
+        i = noise[k]
+        cid = target.get(char)
+        if cid is None:
+            cid = target[char] = nxt
+            nxt += 1
+        mates = np.flatnonzero((labels == cid) & (ep == ep[i]))
+        if np.any((s[mates] < e[i]) & (s[i] < e[mates])):
+            continue
+        labels[i], rescued[i] = cid, True
+    return labels, rescued
 
 
 def stable_unknown_labels(clusters: dict[int, list[str]], registry: dict[str, int]

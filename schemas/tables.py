@@ -116,6 +116,7 @@ CLUSTERS = pa.schema([
     pa.field("episode", pa.string(), nullable=False),
     pa.field("tracklet_id", pa.string(), nullable=False),
     pa.field("cluster_id", pa.int64(), nullable=False),  # -1: noise (extras, background people)
+    pa.field("rescued", pa.bool_()),  # a noise tracklet named from the gallery alone (name.rescue_margin)
 ])
 
 CHARACTERS = pa.schema([

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anitrack.identity import (IdentityParams, Naming, assign_incremental, centroids, cluster_tracklets,
-                               merge_clusters, name_clusters, overlap_pairs, quality, split_conflicts,
+                               merge_clusters, name_clusters, overlap_pairs, quality, rescue_noise, split_conflicts,
                                stable_unknown_labels, truth_metrics)
 
 _spec = importlib.util.spec_from_file_location(
@@ -223,6 +223,32 @@ def test_naming_generated_clusters_open_set(series):
             assert n.character == f"c{truth}"
     named = sum(n.named for n in out)
     assert named >= 0.9 * sum(majority[n.cluster_id] not in hidden for n in out)
+
+
+def test_rescue_names_only_unmistakable_noise_and_keeps_cannot_links():
+    """Noise tracklets: a minor character seen twice gets a cluster of its own, a stray of a named
+    character joins it, and ambiguous ones, extras and ones sharing the screen with a mate stay noise."""
+    chars = np.array(["Aki", "Daisuke", "Mio", "_noise"])
+    labels = np.array([0, 0, 0, -1, -1, -1, -1, -1, -1, -1])
+    episodes = np.array(["e1"] * 4 + ["e2"] * 6)
+    starts = np.array([0, 10, 20, 30, 0, 2, 40, 50, 60, 70], float)
+    ends = starts + 4  # tracklet 5 overlaps tracklet 4 (both like Daisuke): they cannot both be him
+    scores = np.array([          # one row per noise tracklet (3..9), one column per label
+        [0.90, 0.60, 0.50, 0.55],  # 3: Aki, clear lead: joins cluster 0 (named Aki)
+        [0.50, 0.93, 0.40, 0.60],  # 4: Daisuke, best of his matches: starts his cluster
+        [0.50, 0.84, 0.40, 0.60],  # 5: Daisuke, but on screen with 4: stays noise
+        [0.50, 0.83, 0.40, 0.61],  # 6: Daisuke, later in e2: joins 4
+        [0.80, 0.75, 0.40, 0.50],  # 7: Aki by less than the margin: stays noise
+        [0.50, 0.40, 0.60, 0.40],  # 8: Mio below the naming threshold: stays noise
+        [0.60, 0.50, 0.40, 0.95],  # 9: an extra (best is the noise folder): stays noise
+    ])
+    out, rescued = rescue_noise(labels, episodes, starts, ends, scores, chars, {"Aki": 0}, threshold=0.65,
+                                margin=0.1)
+    assert out.tolist() == [0, 0, 0, 0, 1, -1, 1, -1, -1, -1]
+    assert np.flatnonzero(rescued).tolist() == [3, 4, 6]
+    assert_no_overlap_in_clusters(out, episodes, starts, ends)
+    same, none = rescue_noise(labels, episodes, starts, ends, scores, chars, {"Aki": 0}, threshold=0.65, margin=1.0)
+    assert same.tolist() == labels.tolist() and not none.any()
 
 
 def test_stable_unknown_labels_survive_an_unrelated_episode():

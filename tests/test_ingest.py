@@ -191,12 +191,25 @@ def test_real_onepiece_cut_and_faces(tmp_path):
     assert q(lake, "SELECT count(*) AS n FROM detections WHERE frame < 100")[0]["n"] >= 1  # Luffy in shot 1
 
 
-def test_real_anya_face_is_found(tmp_path):
+def test_real_anya_is_found_and_named_from_one_reference_drawing(tmp_path):
+    """One shot, one tracklet: too few to cluster, so the name comes from the gallery alone."""
+    import shutil
+
     clip = real_clip("anidoc_sample1.mp4")
     lake = tmp_path / "lake"
     run_cli("ingest", str(clip), "--lake", str(lake), "--series", "anidoc", check=True)
     assert q(lake, "SELECT count(*) AS n FROM detections")[0]["n"] >= 1
     assert q(lake, "SELECT count(*) AS n FROM shots")[0]["n"] == 1
+    gallery = tmp_path / "refs" / "Anya"
+    gallery.mkdir(parents=True)
+    shutil.copy(real_clip("anidoc_sample1_ref.png"), gallery / "ref.png")
+    run_cli("identify", "--lake", str(lake), "--series", "anidoc", "--references", str(gallery.parent), check=True)
+    assert q(lake, "SELECT character, named FROM characters") == [{"character": "Anya", "named": True}]
+    assert q(lake, "SELECT bool_and(rescued) AS r FROM clusters") == [{"r": True}]
+    off = run_cli("backfill", "--lake", str(lake), "--series", "anidoc", "--set", "name.rescue_margin=1",
+                  check=True)
+    assert "0 frames decoded" in off.stderr
+    assert q(lake, "SELECT count(*) AS n FROM characters")[0]["n"] == 0  # without the gallery rescue: noise
 
 
 def test_fsspec_memory_source(tmp_path, synth_series, prefect_harness):

@@ -143,6 +143,8 @@ def test_coappearance_follows_the_generator(lake, synth_truth):
     together = tuple(sorted(truth["together"]))
     never = tuple(sorted(truth["never_together"]))
     assert pairs.get(together, 0.0) > 0, pairs
+    found = {r["character"] for r in cli_rows(lake, "screen-time-series")}
+    assert set(never) <= found, found  # both were identified, so their zero is a real answer
     assert pairs.get(never, 0.0) == 0.0, pairs
     # every pair against the generator's own intersection of interval unions
     fps = truth["fps"]
