@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from fractions import Fraction
 
 import av
@@ -260,3 +261,30 @@ def test_full_profile_without_models_fails_at_once(tmp_path, synth_series):
     proc = run_cli("ingest", str(synth_series), "--lake", str(tmp_path / "lake"), "--profile", "full",
                    "--set", "detect.detector=animeface", env=env, timeout=60)
     assert proc.returncode == 1 and "CCIP" in proc.stderr and "anitrack models pull" in proc.stderr
+
+
+def test_ingest_runs_when_prefects_usual_ports_are_all_taken(tmp_path):
+    """Prefect's temporary server normally takes a random port in 8000-8999 (and two commands starting
+    together could share one); anitrack asks the kernel for a free port instead."""
+    import re
+    import sys
+
+    from anitrack.synth import synthesize_series
+
+    folder = synthesize_series(tmp_path / "src", series="tiny", episodes=1, characters=2, seconds=2, seed=3)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys\nheld = []\nfor port in range(8000, 9000):\n    s = socket.socket()\n"
+        "    try:\n        s.bind(('127.0.0.1', port)); s.listen(); held.append(s)\n    except OSError:\n"
+        "        s.close()\nprint(len(held), flush=True)\nsys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert int(holder.stdout.readline()) > 900
+        proc = run_cli("ingest", str(folder), "--lake", str(tmp_path / "lake"), "--series", "tiny",
+                       env={"PREFECT_API_URL": ""})
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    port = int(re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", proc.stderr).group(1))
+    assert not 8000 <= port < 9000
+    assert q(tmp_path / "lake", "SELECT status FROM episodes") == [{"status": "ok"}]
