@@ -359,11 +359,18 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
 
 
 def _name(lake, series, data, labels, ref_rows, corrections, params):
-    """Name every cluster (and rescue noise tracklets the gallery recognises); returns the
-    characters rows, the unknown registry, the final labels and the rescued mask."""
+    """Name every cluster, join clusters the gallery gives one name and rescue noise tracklets it
+    recognises; returns the characters rows, the unknown registry, the final labels and the rescued mask."""
     ids, vectors = data["ids"], data["vectors"]
     rescued = np.zeros(len(ids), bool)
     namings = {n.cluster_id: n for n in _namings(data, labels, ref_rows, params)}
+    if ref_rows:  # clusters a user corrected keep the shape the user gave them
+        touched = {r["tracklet_id"] for r in corrections}
+        corrected = {int(k) for k, t in zip(labels, ids) if t in touched}
+        names = {k: n.character for k, n in namings.items() if n.named and k not in corrected}
+        labels = identity.merge_same_name(labels, data["episodes"], data["starts"], data["ends"], names)
+        for k in set(namings) - set(labels.tolist()):  # merged into a namesake, whose naming stands
+            del namings[k]
     if ref_rows and params.rescue_margin < 1:
         scores, chars, threshold = _noise_scores(data, labels, ref_rows, params)
         row_of = {int(i): k for k, i in enumerate(np.flatnonzero(labels == -1))}

@@ -691,6 +691,36 @@ def rescue_noise(labels, episodes, starts, ends, scores, chars, named_clusters: 
     return labels, rescued
 
 
+def merge_same_name(labels, episodes, starts, ends, names: dict[int, str]) -> np.ndarray:
+    """Clusters the gallery gave one name become one cluster, unless two of them share the screen.
+
+    The centroid merge (``merge_threshold``) keeps apart the looks of a character that differ
+    between scenes (lighting, outfits) even when each look matches the character's reference;
+    the gallery bridges them. Clusters with a tracklet on screen together stay apart: one of
+    them is someone else. The merged cluster keeps its largest part's id.
+    """
+    labels = np.asarray(labels, np.int64).copy()
+    i, j = overlap_pairs(episodes, starts, ends)
+    a, b = labels[i], labels[j]
+    keep = (a >= 0) & (b >= 0) & (a != b)
+    clash = set(zip(a[keep].tolist(), b[keep].tolist())) | set(zip(b[keep].tolist(), a[keep].tolist()))
+    sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, np.int64)
+    by_name: dict[str, list[int]] = {}
+    for cid, name in names.items():
+        by_name.setdefault(name, []).append(int(cid))
+    for cids in by_name.values():
+        groups: list[list[int]] = []
+        for c in sorted(cids, key=lambda c: (-sizes[c], c)):
+            group = next((g for g in groups if not any((c, d) in clash for d in g)), None)
+            if group is None:
+                groups.append([c])
+            else:
+                group.append(c)
+        for group in groups:
+            labels[np.isin(labels, group[1:])] = group[0]
+    return labels
+
+
 def stable_unknown_labels(clusters: dict[int, list[str]], registry: dict[str, int]
                           ) -> tuple[dict[int, str], dict[str, int]]:
     """``unknown_<n>`` per cluster, stable across runs through a registry tracklet_id -> n.

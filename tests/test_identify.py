@@ -104,6 +104,20 @@ def test_a_correction_survives_a_full_rerun(identified, series):
     assert runs[0]["n"] >= 3 and runs[0]["cur"] == 1  # earlier runs stay, one is current
 
 
+def test_a_split_survives_though_the_gallery_names_both_parts_alike(identified):
+    lake, _ = identified
+    big = q(lake, "SELECT cluster_id FROM characters WHERE source = 'reference' ORDER BY n_tracklets DESC LIMIT 1")[0]
+    members = [r["tracklet_id"] for r in q(lake, f"SELECT tracklet_id FROM clusters WHERE cluster_id = "
+                                                 f"{big['cluster_id']} ORDER BY tracklet_id")]
+    part, rest = members[:len(members) // 2], members[len(members) // 2:]
+    run_cli("label", "--lake", str(lake), "--series", "cast", "--cluster", str(big["cluster_id"]),
+            "--split", ",".join(part), check=True)
+    run_cli("identify", "--lake", str(lake), "--series", "cast", check=True)
+    cluster = {r["tracklet_id"]: r["cluster_id"] for r in q(lake, "SELECT tracklet_id, cluster_id FROM clusters")}
+    assert len({cluster[t] for t in part}) == 1 and len({cluster[t] for t in rest}) == 1
+    assert cluster[part[0]] != cluster[rest[0]]
+
+
 def test_bad_identify_input(identified, series, tmp_path):
     lake, _ = identified
     before = q(lake, "SELECT count(*) AS n FROM identity_runs")[0]["n"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anitrack.identity import (IdentityParams, Naming, assign_incremental, centroids, cluster_tracklets,
-                               merge_clusters, name_clusters, overlap_pairs, quality, rescue_noise, split_conflicts,
+                               merge_clusters, merge_same_name, name_clusters, overlap_pairs, quality, rescue_noise, split_conflicts,
                                stable_unknown_labels, truth_metrics)
 
 _spec = importlib.util.spec_from_file_location(
@@ -223,6 +223,17 @@ def test_naming_generated_clusters_open_set(series):
             assert n.character == f"c{truth}"
     named = sum(n.named for n in out)
     assert named >= 0.9 * sum(majority[n.cluster_id] not in hidden for n in out)
+
+
+def test_clusters_given_one_name_join_unless_they_share_the_screen():
+    labels = np.array([0, 0, 1, 1, 1, 2, 3, 3, -1])
+    episodes = np.array(["e1"] * 5 + ["e2"] * 4)
+    starts = np.array([0, 10, 20, 30, 40, 0, 0, 20, 30], float)
+    ends = starts + 5  # in e2, tracklet 5 (cluster 2) and 6 (cluster 3) are on screen together
+    names = {0: "Ayumi", 1: "Ayumi", 2: "Botan", 3: "Botan"}
+    out = merge_same_name(labels, episodes, starts, ends, names)
+    assert out.tolist() == [1, 1, 1, 1, 1, 2, 3, 3, -1]  # the two Ayumi looks are one; the Botans clash
+    assert merge_same_name(labels, episodes, starts, ends, {0: "Ayumi", 1: "Mio"}).tolist() == labels.tolist()
 
 
 def test_rescue_names_only_unmistakable_noise_and_keeps_cannot_links():
