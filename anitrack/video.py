@@ -130,9 +130,9 @@ def iter_frames(uri: str) -> Iterator[Frame]:
 def h264_stream(container, rate, width: int, height: int, crf: int = 23, threads: int = 0):
     """Add a yuv420p H.264 stream whose bitstream depends only on the frames written to it.
 
-    x264's macroblock-tree rate control runs float SIMD that, in its AVX-512 build, reads
-    uninitialised memory when the frame is not a multiple of 8 macroblocks wide (854 px):
-    identical frames then encoded to different files depending on the heap. It is off.
+    x264's macroblock-tree rate control, on its AVX-512 code path, read uninitialised memory at
+    widths such as 848 and 854 px (not at 640): identical frames encoded to different files
+    depending on what the heap held. With mbtree off the output is fixed (and equal to AVX2's).
     """
     stream = container.add_stream("libx264", rate=rate)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
