@@ -244,17 +244,15 @@ def ccip_name_clusters(cids, reps, ref_rows, embedder) -> list[identity.Naming]:
     to the cluster representative; named when <= the model's threshold and not a noise label.
     ``similarity`` reports 1 - difference."""
     refs = np.asarray([r["vector"] for r in ref_rows], np.float32)
-    chars, inv = np.unique(np.array([str(r["character"]) for r in ref_rows]), return_inverse=True)
-    inv = inv.ravel()
     diff = embedder.differences(reps, refs) if len(cids) else np.zeros((0, len(refs)), np.float32)
+    chars, _, neg = identity.per_character(-diff, [r["character"] for r in ref_rows])  # max of -d = -min d
     threshold = embedder.threshold()
     out = []
     for k in range(len(cids)):
-        score = np.array([diff[k, inv == ch].min() for ch in range(len(chars))])
-        ch = int(np.argmin(score))
-        ok = float(score[ch]) <= threshold and not identity._is_noise_label(chars[ch])
-        out.append(identity.Naming(int(cids[k]), str(chars[ch]) if ok else None, str(chars[ch]),
-                                   1.0 - float(score[ch]), bool(ok)))
+        ch = int(np.argmax(neg[k]))
+        d = -float(neg[k, ch])
+        ok = d <= threshold and not identity._is_noise_label(chars[ch])
+        out.append(identity.Naming(int(cids[k]), str(chars[ch]) if ok else None, str(chars[ch]), 1.0 - d, bool(ok)))
     return out
 
 
@@ -384,7 +382,7 @@ def _name(lake, series, data, labels, ref_rows, corrections, params):
             rows = [row_of[int(i)] for i in np.flatnonzero(labels == k)]
             ch = int(np.argmax(scores[rows].max(axis=0)))
             namings[k] = identity.Naming(int(k), str(chars[ch]), str(chars[ch]), float(scores[rows, ch].max()), True)
-    cids, best = _best_members(vectors, labels)
+    cids, _, best = _best_members(vectors, labels)
     namings = [namings[int(k)] for k in cids]
     named_by = {}
     for (tid, action), value in {(r["tracklet_id"], r["action"]): r["value"]
@@ -414,32 +412,30 @@ def _name(lake, series, data, labels, ref_rows, corrections, params):
 def _namings(data, labels, ref_rows, params) -> list[identity.Naming]:
     """The gallery's verdict on each cluster, in the series' own metric."""
     vectors = data["vectors"]
-    cids, cvecs = identity.centroids(vectors, labels)
+    cids, cvecs, best = _best_members(vectors, labels)
     if not ref_rows:
         return [identity.Naming(int(k), None, "", float("nan"), False) for k in cids]
     if data.get("embedder") is not None:
         return ccip_name_clusters(cids, ccip_centroids(data["raw"], labels)[1], ref_rows, data["embedder"])
     return identity.name_clusters(cids, cvecs, np.asarray([r["vector"] for r in ref_rows], np.float32),
                                   np.array([r["character"] for r in ref_rows]), params,
-                                  best_member_vectors=vectors[_best_members(vectors, labels)[1]])
+                                  best_member_vectors=vectors[best])
 
 
-def _best_members(vectors, labels) -> tuple[np.ndarray, list[int]]:
-    """Cluster ids and, per cluster, the member closest to its centroid: the cluster's best crop."""
+def _best_members(vectors, labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Cluster ids, centroids and, per cluster, the member closest to its centroid: the cluster's best crop."""
     cids, cvecs = identity.centroids(vectors, labels)
     best = []
     for k, c in zip(cids, cvecs):
         members = np.flatnonzero(labels == k)
         best.append(int(members[int(np.argmax(vectors[members] @ c))]))
-    return cids, best
+    return cids, cvecs, best
 
 
 def _noise_scores(data, labels, ref_rows, params) -> tuple[np.ndarray, np.ndarray, float]:
     """Each noise tracklet's closeness to each gallery label (higher is closer) and the naming bar,
     in the series' own metric: max cosine, or 1 - CCIP's min difference."""
     noise = np.flatnonzero(labels == -1)
-    chars, inv = np.unique(np.array([str(r["character"]) for r in ref_rows]), return_inverse=True)
-    inv = inv.ravel()
     refs = np.asarray([r["vector"] for r in ref_rows], np.float32)
     embedder = data.get("embedder")
     if embedder is not None:
@@ -448,8 +444,7 @@ def _noise_scores(data, labels, ref_rows, params) -> tuple[np.ndarray, np.ndarra
     else:
         close = data["vectors"][noise] @ identity._unit(refs).T
         threshold = params.name_threshold
-    scores = np.stack([close[:, inv == ch].max(axis=1) for ch in range(len(chars))], axis=1) if len(noise) \
-        else np.zeros((0, len(chars)))
+    chars, _, scores = identity.per_character(close, [r["character"] for r in ref_rows])
     return scores, chars, threshold
 
 

@@ -601,6 +601,20 @@ def _is_noise_label(label: str) -> bool:
     return str(label).lower() in NOISE_LABELS
 
 
+def per_character(sims: np.ndarray, ref_labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gallery labels, each reference's label index, and each row's best score per label.
+
+    The best, not the mean, over a label's references: they show different looks, and a
+    row (a cluster or a tracklet) matches its own look's reference, not an average of looks.
+    """
+    chars, inv = np.unique(np.asarray([str(s) for s in ref_labels]), return_inverse=True)
+    inv = inv.ravel()
+    score = np.full((len(sims), len(chars)), -np.inf, np.float32)
+    for ch in range(len(chars)):
+        score[:, ch] = sims[:, inv == ch].max(axis=1)
+    return chars, inv, score
+
+
 def name_clusters(centroid_ids, centroid_vectors, ref_vectors, ref_labels, params: IdentityParams,
                   best_member_vectors=None) -> list[Naming]:
     """Name clusters from a reference gallery, open-set.
@@ -623,15 +637,10 @@ def name_clusters(centroid_ids, centroid_vectors, ref_vectors, ref_labels, param
     if len(ids) == 0:
         return out
     r = _unit(np.asarray(ref_vectors))
-    ref_labels = np.asarray([str(s) for s in ref_labels])
     if len(r) == 0:
         return [Naming(int(k), None, "", float("nan"), False) for k in ids]
-    chars, inv = np.unique(ref_labels, return_inverse=True)
-    inv = inv.ravel()
     sims = c @ r.T                                        # (k, R): clusters x references
-    score = np.full((len(ids), len(chars)), -np.inf, np.float32)
-    for ch in range(len(chars)):
-        score[:, ch] = sims[:, inv == ch].max(axis=1)
+    chars, inv, score = per_character(sims, ref_labels)
     best = np.argmax(score, axis=1)
     bm = None if best_member_vectors is None else _unit(np.asarray(best_member_vectors))
     for k in range(len(ids)):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from anitrack.identity import (IdentityParams, Naming, assign_incremental, centroids, cluster_tracklets,
-                               merge_clusters, merge_same_name, name_clusters, overlap_pairs, quality, rescue_noise, split_conflicts,
-                               stable_unknown_labels, truth_metrics)
+                               merge_clusters, merge_same_name, name_clusters, overlap_pairs, quality, rescue_noise,
+                               split_conflicts, stable_unknown_labels, truth_metrics)
 
 _spec = importlib.util.spec_from_file_location(
     "identity_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "identity_bench.py")

@@ -194,8 +194,6 @@ def test_real_onepiece_cut_and_faces(tmp_path):
 
 def test_real_anya_is_found_and_named_from_one_reference_drawing(tmp_path):
     """One shot, one tracklet: too few to cluster, so the name comes from the gallery alone."""
-    import shutil
-
     clip = real_clip("anidoc_sample1.mp4")
     lake = tmp_path / "lake"
     run_cli("ingest", str(clip), "--lake", str(lake), "--series", "anidoc", check=True)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.conftest import copy_lake, run_cli
 
+
 def q(lake: Path, query: str) -> list[dict]:
     from anitrack.lake import Lake
     from anitrack.sql import connect, run_query
