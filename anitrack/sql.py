@@ -55,9 +55,14 @@ IDENTITY_VIEWS = [
            SELECT series, episode, character, min(start_s) AS s, max(end_s) AS e
            FROM grouped GROUP BY series, episode, character, island)
        SELECT series, episode, character, s AS start_s, e AS end_s FROM islands""",
-    # seconds on screen: overlapping appearances of one character count once
+    # seconds on screen: overlapping appearances of one character count once; confidence: how sure the
+    # name is (the lowest of its clusters' shares of tracklets backing it; 1 for a user's label)
     """CREATE VIEW screen_time AS
-       SELECT series, episode, character, sum(end_s - start_s) AS seconds FROM appearance_spans GROUP BY ALL""",
+       SELECT s.series, s.episode, s.character, sum(s.end_s - s.start_s) AS seconds, any_value(c.confidence)
+              AS confidence
+       FROM appearance_spans s LEFT JOIN (SELECT series, character, min(confidence) AS confidence
+                                          FROM characters GROUP BY ALL) c USING (series, character)
+       GROUP BY ALL""",
 ]
 
 

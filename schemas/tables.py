@@ -127,9 +127,15 @@ CHARACTERS = pa.schema([
     pa.field("named", pa.bool_(), nullable=False),
     pa.field("source", pa.string()),  # "reference" | "label" | "unknown"
     pa.field("closest", pa.string()),  # closest reference character, even when unnamed
-    pa.field("similarity", pa.float64()),
+    pa.field("similarity", pa.float64()),  # median best score of its tracklets for ``closest``
     pa.field("n_tracklets", pa.int64()),
     pa.field("best_tracklet_id", pa.string()),
+    # how sure the name is: share of its tracklets that pass the calibrated test for it on their own, their
+    # median lead over the runner-up (unknown: similarity - threshold, negative = missed by), the threshold
+    pa.field("confidence", pa.float64()),
+    pa.field("margin", pa.float64()),
+    pa.field("threshold", pa.float64()),
+    pa.field("n_passed", pa.int64()),
 ])
 
 APPEARANCES = pa.schema([
@@ -161,6 +167,33 @@ IDENTITY_RUNS = pa.schema([
     pa.field("n_clusters", pa.int64()),
     pa.field("seconds", pa.float64()),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    # the naming rule and what it rests on (anitrack.calibration)
+    pa.field("space", pa.string()),  # "centred" | "whitened-<k>" | "ccip"
+    pa.field("name_threshold", pa.float64()),  # the median of the per-character thresholds
+    pa.field("character_thresholds", pa.string()),  # JSON {"threshold": {name: t}, "support": {name: t}}
+    pa.field("name_margin", pa.float64()),
+    pa.field("max_false_rate", pa.float64()),
+    pa.field("calibration", pa.string()),  # "gallery" | "default" | "published" | "fixed"
+    pa.field("n_genuine", pa.int64()),  # held-out same-character reference pairs
+    pa.field("n_impostor", pa.int64()),  # held-out open-set impostor trials
+    pa.field("genuine_accept", pa.float64()),  # share of held-out references named right at the threshold
+    pa.field("calibrated_false_rate", pa.float64()),  # share of impostor trials named at the threshold
+    pa.field("genuine_pair_low", pa.float64()),  # 10th percentile of genuine pair scores: looser clusters split
+    pa.field("published_threshold", pa.float64()),  # CCIP: 1 - the model's own threshold
+    pa.field("calibration_warning", pa.string()),
+])
+
+# The space an identity run compared vectors in (cosine embedders): incremental runs reuse it.
+IDENTITY_SPACES = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("model", pa.string()),
+    pa.field("kind", pa.string()),
+    pa.field("dim", pa.int32()),
+    pa.field("mean", pa.list_(pa.float32())),  # subtracted for clustering; null: the embedder's raw cosine
+    pa.field("naming_mean", pa.list_(pa.float32())),
+    pa.field("projection", pa.list_(pa.float32())),  # (dim x projection_dims) row-major, naming; null: none
+    pa.field("projection_dims", pa.int32()),
 ])
 
 LABELS = pa.schema([
@@ -191,16 +224,17 @@ TABLES: dict[str, pa.Schema] = {
     "appearances": APPEARANCES,
     "quality": QUALITY,
     "identity_runs": IDENTITY_RUNS,
+    "identity_spaces": IDENTITY_SPACES,
     "labels": LABELS,
     "unknown_registry": UNKNOWN_REGISTRY,
 }
 
-IDENTITY_TABLES = ("clusters", "characters", "appearances", "quality", "identity_runs")
+IDENTITY_TABLES = ("clusters", "characters", "appearances", "quality", "identity_runs", "identity_spaces")
 
 # Hive partition keys per table; every key is a string (pinned, never auto-cast).
 PARTITIONS: dict[str, tuple[str, ...]] = {name: ("series", "episode") for name in TABLES}
 PARTITIONS["references"] = ("series",)
-for _name in ("clusters", "characters", "appearances", "quality", "identity_runs"):
+for _name in IDENTITY_TABLES:
     PARTITIONS[_name] = ("series", "run")
 PARTITIONS["labels"] = ("series",)
 PARTITIONS["unknown_registry"] = ("series",)

@@ -55,8 +55,8 @@ def ingested_lake(synth_series, tmp_path_factory) -> Path:
     return lake
 
 
-IDENTITY_TABLES = ("clusters", "characters", "appearances", "quality", "identity_runs", "labels",
-                   "unknown_registry", "references")
+IDENTITY_TABLES = ("clusters", "characters", "appearances", "quality", "identity_runs", "identity_spaces",
+                   "labels", "unknown_registry", "references")
 
 
 def copy_lake(src: Path, dst: Path) -> Path:

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anitrack.identity import (IdentityParams, Naming, assign_incremental, centroids, cluster_tracklets,
-                               merge_clusters, merge_same_name, name_clusters, overlap_pairs, quality, rescue_noise,
-                               split_conflicts, stable_unknown_labels, truth_metrics)
+from anitrack.identity import (IdentityParams, assign_incremental, centroids, cluster_tracklets, merge_clusters,
+                               overlap_pairs, quality, split_conflicts, stable_unknown_labels, truth_metrics)
 
 _spec = importlib.util.spec_from_file_location(
     "identity_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "identity_bench.py")
@@ -179,87 +178,6 @@ def test_merge_leaves_dissimilar_clusters_apart():
     labels = np.repeat(np.arange(3), 5)
     out = merge_clusters(v, labels, np.arange(15), np.zeros(15), np.ones(15), 0.92)
     assert len(np.unique(out)) == 3
-
-
-# ---------------------------------------------------------------------------------------------- stage 7
-
-def test_naming_threshold_closest_noise_and_verification():
-    rng = np.random.default_rng(7)
-    alice, bob, extra = (unit(rng.standard_normal(D)) for _ in range(3))
-    refs = np.vstack([near(rng, alice, 3, 0.2), near(rng, bob, 3, 0.2), near(rng, extra, 2, 0.2)])
-    ref_labels = ["Alice"] * 3 + ["Bob"] * 3 + ["_noise", "Noise"]
-    stranger = unit(rng.standard_normal(D))
-    cents = np.vstack([near(rng, alice, 1, 0.1), near(rng, bob, 1, 0.1), stranger, near(rng, extra, 1, 0.1)])
-    params = IdentityParams()
-    out = name_clusters([10, 11, 12, 13], cents, refs, ref_labels, params)
-    assert all(isinstance(n, Naming) for n in out)
-    assert [n.cluster_id for n in out] == [10, 11, 12, 13]
-    assert out[0].named and out[0].character == "Alice" and out[0].similarity >= 0.65
-    assert out[1].named and out[1].character == "Bob"
-    # below threshold: unnamed, but closest and its similarity reported
-    assert not out[2].named and out[2].character is None
-    assert out[2].closest in {"Alice", "Bob", "_noise", "Noise"} and out[2].similarity < 0.65
-    # best match is a noise reference: never named
-    assert not out[3].named and out[3].character is None and out[3].closest.lower() in {"_noise", "noise"}
-    # the best member must also pass the verify threshold against the best reference
-    members = np.vstack([near(rng, alice, 1, 0.1), -bob, stranger, extra])
-    ver = name_clusters([10, 11, 12, 13], cents, refs, ref_labels, params, best_member_vectors=members)
-    assert ver[0].named and not ver[1].named and ver[1].closest == "Bob"
-
-
-def test_naming_generated_clusters_open_set(series):
-    s = series
-    labels = cluster_tracklets(s["vectors"], s["episodes"], s["starts"], s["ends"], IdentityParams())
-    ids, cents = centroids(s["vectors"], labels)
-    majority = {int(k): int(np.bincount(s["truth"][labels == k]).argmax()) for k in ids}
-    hidden = {majority[int(ids[0])]}                     # one character left out of the gallery
-    keep = ~np.isin(s["ref_labels"], [f"c{c}" for c in hidden])
-    out = name_clusters(ids, cents, s["ref_vectors"][keep], s["ref_labels"][keep], IdentityParams())
-    for n in out:
-        truth = majority[n.cluster_id]
-        if truth in hidden:
-            assert not n.named and n.closest != f"c{truth}"
-        elif n.named:
-            assert n.character == f"c{truth}"
-    named = sum(n.named for n in out)
-    assert named >= 0.9 * sum(majority[n.cluster_id] not in hidden for n in out)
-
-
-def test_clusters_given_one_name_join_unless_they_share_the_screen():
-    labels = np.array([0, 0, 1, 1, 1, 2, 3, 3, -1])
-    episodes = np.array(["e1"] * 5 + ["e2"] * 4)
-    starts = np.array([0, 10, 20, 30, 40, 0, 0, 20, 30], float)
-    ends = starts + 5  # in e2, tracklet 5 (cluster 2) and 6 (cluster 3) are on screen together
-    names = {0: "Ayumi", 1: "Ayumi", 2: "Botan", 3: "Botan"}
-    out = merge_same_name(labels, episodes, starts, ends, names)
-    assert out.tolist() == [1, 1, 1, 1, 1, 2, 3, 3, -1]  # the two Ayumi looks are one; the Botans clash
-    assert merge_same_name(labels, episodes, starts, ends, {0: "Ayumi", 1: "Mio"}).tolist() == labels.tolist()
-
-
-def test_rescue_names_only_unmistakable_noise_and_keeps_cannot_links():
-    """Noise tracklets: a minor character seen twice gets a cluster of its own, a stray of a named
-    character joins it, and ambiguous ones, extras and ones sharing the screen with a mate stay noise."""
-    chars = np.array(["Aki", "Daisuke", "Mio", "_noise"])
-    labels = np.array([0, 0, 0, -1, -1, -1, -1, -1, -1, -1])
-    episodes = np.array(["e1"] * 4 + ["e2"] * 6)
-    starts = np.array([0, 10, 20, 30, 0, 2, 40, 50, 60, 70], float)
-    ends = starts + 4  # tracklet 5 overlaps tracklet 4 (both like Daisuke): they cannot both be him
-    scores = np.array([          # one row per noise tracklet (3..9), one column per label
-        [0.90, 0.60, 0.50, 0.55],  # 3: Aki, clear lead: joins cluster 0 (named Aki)
-        [0.50, 0.93, 0.40, 0.60],  # 4: Daisuke, best of his matches: starts his cluster
-        [0.50, 0.84, 0.40, 0.60],  # 5: Daisuke, but on screen with 4: stays noise
-        [0.50, 0.83, 0.40, 0.61],  # 6: Daisuke, later in e2: joins 4
-        [0.80, 0.75, 0.40, 0.50],  # 7: Aki by less than the margin: stays noise
-        [0.50, 0.40, 0.60, 0.40],  # 8: Mio below the naming threshold: stays noise
-        [0.60, 0.50, 0.40, 0.95],  # 9: an extra (best is the noise folder): stays noise
-    ])
-    out, rescued = rescue_noise(labels, episodes, starts, ends, scores, chars, {"Aki": 0}, threshold=0.65,
-                                margin=0.1)
-    assert out.tolist() == [0, 0, 0, 0, 1, -1, 1, -1, -1, -1]
-    assert np.flatnonzero(rescued).tolist() == [3, 4, 6]
-    assert_no_overlap_in_clusters(out, episodes, starts, ends)
-    same, none = rescue_noise(labels, episodes, starts, ends, scores, chars, {"Aki": 0}, threshold=0.65, margin=1.0)
-    assert same.tolist() == labels.tolist() and not none.any()
 
 
 def test_stable_unknown_labels_survive_an_unrelated_episode():
