@@ -51,7 +51,8 @@ class SpaceRule:
     centre: bool
     merge: float
     assign: float
-    default_threshold: float
+    default_threshold: float      # in the centred space (or the raw one for embedders that never centre)
+    raw_default_threshold: float  # too few vectors to centre on (a one-shot clip)
 
 
 # The descriptor's Hellinger histograms are already a calibrated cosine space (centring them only
@@ -59,10 +60,11 @@ class SpaceRule:
 # Thresholds measured on the synthetic series (clustering) and on real art (naming, ~1% false names):
 # benchmarks/identity_bench.py and benchmarks/realart_bench.py.
 SPACE_RULES: dict[str | None, SpaceRule] = {
-    "descriptor": SpaceRule(centre=False, merge=0.92, assign=0.8, default_threshold=0.85),
-    "hybrid": SpaceRule(centre=True, merge=0.6, assign=0.35, default_threshold=0.62),
-    None: SpaceRule(centre=False, merge=0.92, assign=0.8, default_threshold=0.9),  # vectors a user imported
+    "descriptor": SpaceRule(centre=False, merge=0.92, assign=0.8, default_threshold=0.95, raw_default_threshold=0.95),
+    "hybrid": SpaceRule(centre=True, merge=0.6, assign=0.35, default_threshold=0.62, raw_default_threshold=0.82),
+    None: SpaceRule(centre=False, merge=0.92, assign=0.8, default_threshold=0.9, raw_default_threshold=0.9),
 }
+MIN_CENTRE = 20  # vectors a series' mean needs: centring two vectors makes them opposite
 
 
 @dataclass
@@ -110,7 +112,7 @@ def fit_space(vectors: np.ndarray, refs: np.ndarray, ref_labels, rule: SpaceRule
     """Centre on the series (tracklets and references alike) when the rule says so; whiten the naming
     view within characters when the gallery has enough labelled images."""
     x = unit(np.concatenate([vectors, refs])) if len(refs) else unit(vectors)
-    space = Space(x.mean(axis=0).astype(np.float32) if rule.centre else None)
+    space = Space(x.mean(axis=0).astype(np.float32) if rule.centre and len(x) >= MIN_CENTRE else None)
     labels = np.asarray([str(s) for s in ref_labels])
     keep = np.array([not is_noise_label(c) for c in labels], bool)
     chars, counts = np.unique(labels[keep], return_counts=True) if keep.any() else (np.zeros(0), np.zeros(0))
@@ -163,6 +165,7 @@ class Verdicts:
     passed: np.ndarray    # (N,) bool: a name on its own evidence (the calibrated threshold)
     supports: np.ndarray  # (N,) bool: backs its cluster's name for ``best`` (the looser support bar)
     stranger: np.ndarray  # (N,) bool: closest to a noise label (the gallery's extras) by the margin
+    anchors: np.ndarray   # (N,) bool: passes the common level, without its character's look-alike lift
 
     def name(self, i: int) -> str | None:
         return str(self.best[i]) if self.passed[i] else None
@@ -184,6 +187,7 @@ class Calibration:
     source: str                 # "gallery" | "default" | "published" | "fixed"
     thresholds: dict[str, float] = field(default_factory=dict)
     support: dict[str, float] = field(default_factory=dict)  # the looser bar at which members back a name
+    anchor: dict[str, float] = field(default_factory=dict)  # the common level without the look-alike lift
     n_genuine: int = 0
     n_impostor: int = 0
     genuine_accept: float | None = None   # share of held-out references named right
@@ -215,13 +219,16 @@ class Calibration:
     def support_of(self, label: str) -> float:
         return self.support.get(str(label), self.threshold_of(label))
 
+    def anchor_of(self, label: str) -> float:
+        return self.anchor.get(str(label), self.threshold_of(label))
+
     def judge(self, sims: np.ndarray, ref_labels) -> Verdicts:
         """The calibrated test on a (rows x references) score matrix (higher is closer)."""
         chars, score = per_character(sims, ref_labels)
         n = len(score)
         if len(chars) == 0 or n == 0:
             return Verdicts(np.array([""] * n, object), np.full(n, -np.inf), np.zeros(n), np.zeros(n, bool),
-                            np.zeros(n, bool), np.zeros(n, bool))
+                            np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
         order = np.argsort(-score, axis=1, kind="stable")
         best = score[np.arange(n), order[:, 0]]
         second = score[np.arange(n), order[:, 1]] if len(chars) > 1 else np.full(n, -np.inf)
@@ -229,10 +236,12 @@ class Calibration:
         lead = best - second
         bar = np.array([self.threshold_of(c) for c in chars])[order[:, 0]]
         low = np.array([self.support_of(c) for c in chars])[order[:, 0]]
+        mid = np.array([self.anchor_of(c) for c in chars])[order[:, 0]]
         noise = np.array([is_noise_label(c) for c in label], bool)
         clear = (lead >= self.margin) & ~noise
         return Verdicts(label.astype(object), best.astype(np.float64), lead.astype(np.float64),
-                        (best >= bar) & clear, (best >= low) & clear, noise & (lead >= self.margin))
+                        (best >= bar) & clear, (best >= low) & clear, noise & (lead >= self.margin),
+                        (best >= mid) & clear)
 
 
 def _folds(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -265,7 +274,8 @@ def calibrate_cosine(vectors: np.ndarray, refs: np.ndarray, ref_labels, rule: Sp
     space = fit_space(vectors, refs, labels, rule, dims)
     problem = _too_small(labels) if len(labels) else "no reference gallery"
     if problem:
-        return space, Calibration(rule.default_threshold, margin, max_false_rate, "default", warning=problem)
+        default = rule.default_threshold if space.mean is not None or not rule.centre else rule.raw_default_threshold
+        return space, Calibration(default, margin, max_false_rate, "default", warning=problem)
 
     def scores(train, test):
         fold = fit_space(vectors, refs[train], labels[train], rule, dims)
@@ -335,35 +345,45 @@ def _own_levels(impostor_of, trials, margin, folds) -> dict[str, float]:
     return levels
 
 
-def _per_character(impostor_of, trials, margin, rate) -> tuple[dict[str, float], dict, float, int]:
+def _per_character(impostor_of, trials, margin, rate) -> tuple[dict[str, float], dict, float, int, dict]:
     """Per-character thresholds: character X's impostor scores at level max(L, own_X), where own_X
     lifts the characters other characters' drawings land on, and L, common to all, is the lowest
     at which at most ``rate`` of the open-set trials pass. Returns the thresholds (from every fold),
-    the levels, L and the trials named.
+    the levels, L, the trials named and every character's threshold at L alone (without its lift).
 
     ``impostor_of``: character -> [(fold, score)]; ``trials``: [(fold, best other, score, lead)].
     Every trial is judged by thresholds learnt without its fold, the own levels included (they are
     chosen on the remaining folds): a threshold fitted to the very trials it is checked on would
-    look safer than it is.
+    look safer than it is. The last result, a cluster's anchor bar, uses the lowest level that keeps
+    within the rate the trials of characters that level alone decides (a lifted character's trials
+    are its lift's business): a cluster's name also needs most of its tracklets to back it.
     """
     folds = sorted({t[0] for t in trials})
     allowed = int(np.floor(rate * len(trials)))
     inner = {f: _own_levels({c: [(g, x) for g, x in v if g != f] for c, v in impostor_of.items()},
                             [t for t in trials if t[0] != f], margin, [g for g in folds if g != f]) for f in folds}
+    hits = {}  # level -> (every trial named, trials of characters the level alone decides named)
     for common in LEVELS:
-        named = 0
+        named = free = 0
         for f in folds:
             for g, c, sc, lead in trials:
                 if g != f or c not in impostor_of:
                     continue
                 train = [x for h, x in impostor_of[c] if h != f]
-                if train and lead >= margin and sc >= _bar(train, max(common, inner[f].get(c, common))):
+                own = inner[f].get(c, common)
+                if train and lead >= margin and sc >= _bar(train, max(common, own)):
                     named += 1
+                    free += own <= common
+        hits[common] = (named, free)
         if named <= allowed:
             break
+    common = next(lv for lv in LEVELS if lv in hits and hits[lv][0] <= allowed) if any(
+        h[0] <= allowed for h in hits.values()) else LEVELS[-1]
+    anchor_level = next((lv for lv in LEVELS if lv in hits and hits[lv][1] <= allowed), common)
     own = _own_levels(impostor_of, trials, margin, folds)
     levels = {c: max(common, own[c]) for c in impostor_of}
-    return {c: _bar([x for _, x in v], levels[c]) for c, v in impostor_of.items()}, levels, common, named
+    return ({c: _bar([x for _, x in v], levels[c]) for c, v in impostor_of.items()}, levels, common,
+            hits[common][0], {c: _bar([x for _, x in v], anchor_level) for c, v in impostor_of.items()})
 
 
 def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: float, margin: float,
@@ -408,7 +428,7 @@ def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: fl
                                 if len(rest) else np.inf))
     # a gallery of n trials cannot certify a rate below 1/n: hold it to the strictest it can show
     rate = max(max_false_rate, 1.0 / max(len(trials), 1))
-    thresholds, levels, common, named = _per_character(impostor_of, trials, margin, rate)
+    thresholds, levels, common, named, unlifted = _per_character(impostor_of, trials, margin, rate)
     # backing a cluster's name: a score at most ``support_rate`` of other characters' drawings reach for X
     support = {c: float(np.quantile([x for _, x in v], 1 - min(0.5, support_rate))) for c, v in impostor_of.items()}
     false = named / len(trials) if trials else None
@@ -421,7 +441,8 @@ def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: fl
                    f"{int(np.ceil(1 / max_false_rate))} in all)")
     headline = float(np.median(list(thresholds.values()))) if thresholds else float("inf")
     return Calibration(headline, margin, max_false_rate, "gallery", thresholds=thresholds,
-                       support={c: min(support[c], t) for c, t in thresholds.items()}, n_genuine=len(pairs),
+                       support={c: min(support[c], t) for c, t in thresholds.items()},
+                       anchor={c: min(unlifted[c], t) for c, t in thresholds.items()}, n_genuine=len(pairs),
                        n_impostor=len(trials), genuine_accept=accept, false_rate=false,
                        warning=warning,
                        extra={"levels": levels, "common_level": common})

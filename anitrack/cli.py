@@ -100,8 +100,27 @@ def synth(out: Path = typer.Argument(..., help="Folder to write the series and i
           seed: int = typer.Option(7), lookalikes: int = typer.Option(1, min=0),
           grading: float = typer.Option(0.5, min=0.0, max=1.0, help="Strength of per-shot colour grading."),
           shot_seconds: float = typer.Option(3.0, min=0.5, help="Mean shot length."),
-          width: int = typer.Option(854), height: int = typer.Option(480)):
+          width: int = typer.Option(854), height: int = typer.Option(480),
+          drawings: Optional[Path] = typer.Option(
+              None, help="Make the shots from these labelled drawings instead (a folder per character): "
+                         "measure naming on your own art."),
+          references: int = typer.Option(6, min=1, help="With --drawings: gallery images per character."),
+          leave_out: float = typer.Option(0.25, min=0.0, max=0.9,
+                                          help="With --drawings: share of characters left out of the gallery.")):
     """Render a synthetic anime mini-series with ground truth (truth.json) and a reference gallery."""
+    if drawings is not None:
+        from anitrack.artseries import synthesize_art_series
+
+        if not drawings.is_dir():
+            raise UsageError(f"--drawings: {drawings} is not a folder")
+        try:
+            folder = synthesize_art_series(drawings, out, series=series, episodes=episodes, seconds=seconds,
+                                           seed=seed, references=references, leave_out=leave_out, width=width,
+                                           height=height)
+        except ValueError as exc:
+            raise Failure(str(exc)) from None
+        print(folder)
+        return
     from anitrack.synth import synthesize_series
 
     folder = synthesize_series(out, series=series, episodes=episodes, characters=characters, seconds=seconds,

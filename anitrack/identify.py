@@ -302,9 +302,6 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
                             f"{data['model']!r} has {data['vectors'].shape[1]}")
 
     embedder = None
-    # the thresholds in effect (0 in the config means the embedder's own), so runs and backfills show them
-    config = {**config, "cluster": dict(config["cluster"], merge_threshold=params.merge_threshold,
-                                        assign_threshold=params.assign_threshold)}
     key = {"cluster": config["cluster"], "model": data["model"], "metric": data["metric"],
            "gallery": gallery_fingerprint(ref_rows)}
     if data["metric"] == "ccip":  # CCIP's own difference metric and calibrated threshold, not 0.92 cosine
@@ -395,7 +392,7 @@ def _space_and_calibration(lake, series, previous, data, ref_rows, config):
     """The run's space (None for CCIP) and naming rule: the previous run's when this one is incremental
     (vectors stay comparable), otherwise fitted and calibrated afresh from the series and its gallery."""
     name = config["name"]
-    refs = np.asarray([r["vector"] for r in ref_rows], np.float32).reshape(len(ref_rows), -1)
+    refs = _ref_matrix(ref_rows, data)
     labels = [r["character"] for r in ref_rows]
     embedder = data["embedder"]
     if previous is not None and previous.get("name_threshold") is not None:
@@ -407,13 +404,14 @@ def _space_and_calibration(lake, series, previous, data, ref_rows, config):
             per = json.loads(previous["character_thresholds"] or "{}")
             cal = calibration.Calibration(
                 previous["name_threshold"], name["margin"], name["max_false_rate"], previous["calibration"],
-                thresholds=per.get("threshold", {}), support=per.get("support", {}), n_genuine=previous["n_genuine"] or 0, n_impostor=previous["n_impostor"] or 0,
+                thresholds=per.get("threshold", {}), support=per.get("support", {}), anchor=per.get("anchor", {}),
+                n_genuine=previous["n_genuine"] or 0, n_impostor=previous["n_impostor"] or 0,
                 genuine_accept=previous["genuine_accept"], false_rate=previous["calibrated_false_rate"],
                 genuine_pair_low=previous["genuine_pair_low"], published_threshold=previous["published_threshold"],
                 warning=previous["calibration_warning"])
             return space, _fixed(cal, name)
     if embedder is not None:
-        raw = np.asarray([r["vector"] for r in ref_rows], np.float32).reshape(len(ref_rows), -1)
+        raw = _ref_matrix(ref_rows, data)
         cal = calibration.calibrate_scores(lambda test, train: 1.0 - embedder.differences(raw[test], raw[train]),
                                            labels, name["max_false_rate"], name["margin"], name["support_rate"],
                                            1.0 - embedder.threshold())
@@ -428,24 +426,30 @@ def _fixed(cal: "calibration.Calibration", name: dict) -> "calibration.Calibrati
     if name["threshold"] > 0:
         cal.extra["calibrated_threshold"] = cal.threshold
         cal.threshold, cal.source = float(name["threshold"]), "fixed"
-        cal.thresholds, cal.support = {}, {}
+        cal.thresholds, cal.support, cal.anchor = {}, {}, {}
     cal.margin = float(name["margin"])
     return cal
 
 
 def _calibration_columns(cal, space) -> dict:
     return {"space": space.kind if space is not None else "ccip", "name_threshold": cal.threshold,
-            "character_thresholds": canonical({"threshold": cal.thresholds, "support": cal.support}),
+            "character_thresholds": canonical({"threshold": cal.thresholds, "support": cal.support,
+                                               "anchor": cal.anchor}),
             "name_margin": cal.margin, "max_false_rate": cal.max_false_rate, "calibration": cal.source,
             "n_genuine": cal.n_genuine, "n_impostor": cal.n_impostor, "genuine_accept": cal.genuine_accept,
             "calibrated_false_rate": cal.false_rate, "genuine_pair_low": cal.genuine_pair_low,
             "published_threshold": cal.published_threshold, "calibration_warning": cal.warning}
 
 
+def _ref_matrix(ref_rows: list[dict], data: dict) -> np.ndarray:
+    """References as a (R, D) matrix (R may be 0)."""
+    return np.asarray([r["vector"] for r in ref_rows], np.float32).reshape(len(ref_rows), data["vectors"].shape[1])
+
+
 def _verdicts(data, ref_rows, cal, space) -> "calibration.Verdicts":
     """Each tracklet judged on its own by the run's calibrated test."""
     labels = [r["character"] for r in ref_rows]
-    refs = np.asarray([r["vector"] for r in ref_rows], np.float32).reshape(len(ref_rows), -1)
+    refs = _ref_matrix(ref_rows, data)
     if data["embedder"] is not None:
         sims = 1.0 - data["embedder"].differences(data["raw"], refs) if len(refs) else \
             np.zeros((len(data["ids"]), 0), np.float32)
@@ -481,8 +485,9 @@ def _name(lake, series, data, labels, ref_rows, corrections, cal, space, config)
     for k, b in zip(cids, best):
         n = namings[int(k)]
         votes = Counter(named_by[t] for t in members[int(k)] if t in named_by)
-        if votes:  # a user's correction wins over the reference match
-            character, source, named = votes.most_common(1)[0][0], "label", True
+        confidence = float(n.confidence)
+        if votes:  # a user's correction wins over the reference match (and the user is sure)
+            character, source, named, confidence = votes.most_common(1)[0][0], "label", True, 1.0
         elif n.character is not None:
             character, source, named = n.character, "reference", True
         else:
@@ -490,7 +495,7 @@ def _name(lake, series, data, labels, ref_rows, corrections, cal, space, config)
         out.append({"cluster_id": int(k), "character": character, "named": named, "source": source,
                     "closest": n.closest or None,
                     "similarity": None if np.isnan(n.similarity) else float(n.similarity),
-                    "confidence": float(n.confidence), "margin": float(n.margin), "threshold": float(cal.threshold_of(n.closest)),
+                    "confidence": confidence, "margin": float(n.margin), "threshold": float(cal.threshold_of(n.closest)),
                     "n_passed": int(n.n_passed), "n_tracklets": len(members[int(k)]), "best_tracklet_id": ids[b]})
     return out, registry, labels, placed
 

@@ -6,9 +6,10 @@ calibrated test (``calibration.Calibration.judge``), and
 
 * a cluster far looser than the gallery's own genuine pairs has collapsed (HDBSCAN put
   several characters together): it is split by HDBSCAN on its members alone first;
-* a cluster is named X when at least one of its tracklets passes the calibrated test for X
-  on its own and more than ``agreement`` of them back X at the looser support bar
-  (``name.support_rate``); its members that pass for someone else leave it;
+* a cluster is named X when at least one of its tracklets reaches X's calibrated threshold
+  at the common level (without the lift that guards a single tracklet against X's
+  look-alikes) and more than ``agreement`` of them back X at the looser support bar
+  (``name.support_rate``); its members that pass for someone else on their own leave it;
 * a cluster without such a majority stays ``unknown``; its members that pass for a
   character on their own leave it for that character;
 * tracklets that left a cluster, and noise tracklets (too few to cluster), that pass
@@ -78,7 +79,7 @@ def name_clusters(x: np.ndarray, labels: np.ndarray, verdicts: Verdicts, thresho
     leaving = np.zeros(len(labels), bool)
     for k in sorted(set(labels.tolist()) - {-1}):
         members = np.flatnonzero(labels == k)
-        anchors = Counter(verdicts.best[i] for i in members if verdicts.passed[i])
+        anchors = Counter(verdicts.best[i] for i in members if verdicts.anchors[i])
         backing = Counter(verdicts.best[i] for i in members if verdicts.supports[i])
         top = max(anchors, key=lambda c: (backing[c], anchors[c], c)) if anchors else None
         names[k] = top if top is not None and backing[top] > agreement * len(members) else None

@@ -24,7 +24,7 @@ CROPS_PER_CHARACTER = 4
 PIPELINE = ("decode", "shots", "detections", "tracklets", "crops", "embeddings")  # ingest stage order
 QUALITY_METRICS = ("silhouette", "davies_bouldin", "calinski_harabasz", "n_clusters", "noise_fraction",
                    "adjusted_rand", "bcubed_precision", "bcubed_recall", "bcubed_f1", "naming_accuracy",
-                   "mean_screen_time_error")
+                   "mean_screen_time_error", "named_wrong_share", "gallery_credited_share", "named_seconds")
 
 
 class ReportError(RuntimeError):
@@ -52,6 +52,7 @@ def write_report(lake: Lake, series: str, out: Path) -> Path:
         _screen_section(screen),
         _timeline_section(con, series, out, colours),
         _gallery_section(con, series, screen, colours),
+        _naming_section(run),
         _coappearance_section(con, series, out, screen),
         _quality_section(con, series, out, run, colours),
         _metadata_section(con, series, run),
@@ -144,6 +145,10 @@ def _gallery_section(con, series: str, screen: list[dict], colours: dict) -> str
                          for r in crops if r["character"] == name)
         closest = (f"{_e(ch['closest'])} ({ch['similarity']:.3f})" if ch["closest"] and ch["similarity"] is not None
                    else "none")
+        sure = ("&ndash;" if ch["confidence"] is None else
+                f"{100 * ch['confidence']:.0f}% of tracklets back it, "
+                + (f"lead {ch['margin']:.2f}" if ch["named"] else f"missed by {-ch['margin']:.2f}")
+                + (f", threshold {ch['threshold']:.2f}" if ch["threshold"] is not None else ""))
         swatch = "#%02x%02x%02x" % tuple(int(255 * v) for v in colours.get(name, (0.5, 0.5, 0.5))[:3])
         cards.append(
             f'<div class=card data-character="{_e(name)}"><h3><span class=swatch style="background:{swatch}">'
@@ -151,8 +156,29 @@ def _gallery_section(con, series: str, screen: list[dict], colours: dict) -> str
             f"<dl><dt>screen time</dt><dd class=seconds>{seconds.get(name, 0.0):.1f} s</dd>"
             f"<dt>tracklets</dt><dd>{ch['n_tracklets']}</dd>"
             f"<dt>named by</dt><dd>{_e(ch['source'] or '')}</dd>"
+            f"<dt>how sure</dt><dd class=confidence>{sure}</dd>"
             f"<dt>closest reference</dt><dd>{closest}</dd></dl></div>")
     return _section("Characters", f"<div class=gallery>{''.join(cards)}</div>")
+
+
+def _naming_section(run: dict) -> str:
+    """The run's naming rule and what it rests on: a name is only as good as its calibration."""
+    if run.get("name_threshold") is None:
+        return _section("Naming", "<p>this run predates calibrated naming</p>")
+    per = json.loads(run["character_thresholds"] or "{}").get("threshold", {})
+    rows = [["space", run["space"]], ["threshold (median)", f"{run['name_threshold']:.3f}"],
+            ["margin over the runner-up", f"{run['name_margin']:.3f}"],
+            ["calibration", run["calibration"]], ["false-name rate asked", run["max_false_rate"]],
+            ["false-name rate measured on held-out references",
+             "n/a" if run["calibrated_false_rate"] is None else f"{run['calibrated_false_rate']:.3f}"],
+            ["held-out references named right",
+             "n/a" if run["genuine_accept"] is None else f"{100 * run['genuine_accept']:.0f}%"],
+            ["impostor trials / genuine pairs", f"{run['n_impostor']} / {run['n_genuine']}"]]
+    if run["published_threshold"] is not None:
+        rows.append(["model's published threshold (1 - difference)", f"{run['published_threshold']:.3f}"])
+    warning = f"<p class=warning>{_e(run['calibration_warning'])}</p>" if run["calibration_warning"] else ""
+    chars = _table(["character", "threshold"], [[c, f"{t:.3f}"] for c, t in sorted(per.items())]) if per else ""
+    return _section("Naming", warning + _table(["", ""], rows) + chars)
 
 
 def _coappearance_section(con, series: str, out: Path, screen: list[dict]) -> str:
@@ -338,6 +364,7 @@ figure {{ margin: .5rem 0; }} figure img {{ max-width: 100%; }}
 dl {{ display: grid; grid-template-columns: auto 1fr; gap: .1rem .8rem; margin: .5rem 0 0; font-size: .9rem; }}
 dt {{ color: #666; }} dd {{ margin: 0; }}
 pre {{ background: #f6f6f6; padding: .6rem; font-size: .8rem; overflow-x: auto; }}
+.warning {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: .4rem .6rem; }}
 </style></head>
 <body>
 {body}

@@ -170,7 +170,7 @@ IDENTITY_RUNS = pa.schema([
     # the naming rule and what it rests on (anitrack.calibration)
     pa.field("space", pa.string()),  # "centred" | "whitened-<k>" | "ccip"
     pa.field("name_threshold", pa.float64()),  # the median of the per-character thresholds
-    pa.field("character_thresholds", pa.string()),  # JSON {"threshold": {name: t}, "support": {name: t}}
+    pa.field("character_thresholds", pa.string()),  # JSON {"threshold"|"support"|"anchor": {name: t}}
     pa.field("name_margin", pa.float64()),
     pa.field("max_false_rate", pa.float64()),
     pa.field("calibration", pa.string()),  # "gallery" | "default" | "published" | "fixed"

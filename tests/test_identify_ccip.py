@@ -127,7 +127,7 @@ def test_identify_uses_ccip_metric_and_threshold(hub, tmp_path):  # noqa: F811
     run = lake.read("identity_runs", "s").to_pylist()[0]
     params = json.loads(run["parameters"])
     assert params["metric"] == "ccip" and params["ccip_threshold"] == pytest.approx(THRESHOLD)
-    assert params["model"] == model and params["cluster"]["merge_threshold"] == 0.92
+    assert params["model"] == model and params["cluster"]["merge_threshold"] == 0.0  # 0: the embedder's own
     assert run["model"] == model
 
 

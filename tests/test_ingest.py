@@ -90,7 +90,12 @@ def test_embeddings_per_crop_and_per_tracklet(ingested_lake):
         FROM tracklets t JOIN embeddings e USING (series, episode, tracklet_id) GROUP BY 1""")
     n_tracklets = q(ingested_lake, "SELECT count(*) AS n FROM tracklets")[0]["n"]
     assert len(rows) == n_tracklets
-    assert all(r["pooled"] == 1 and r["crops"] >= 1 and r["model"] == "descriptor-v2" for r in rows)
+    from anitrack.embed import HybridEmbedder
+
+    dim = HybridEmbedder().dim
+    assert all(r["pooled"] == 1 and r["crops"] >= 1 and r["model"].startswith("hybrid-v1:descriptor-v2+"
+                                                                              "efficientnet-lite0@")
+               and r["dim"] == dim for r in rows)
     vec = np.array(q(ingested_lake, "SELECT vector FROM embeddings WHERE kind = 'tracklet' LIMIT 1")[0]["vector"])
     assert vec.dtype == np.float64 and abs(np.linalg.norm(vec) - 1) < 1e-4
 
@@ -205,7 +210,7 @@ def test_real_anya_is_found_and_named_from_one_reference_drawing(tmp_path):
     run_cli("identify", "--lake", str(lake), "--series", "anidoc", "--references", str(gallery.parent), check=True)
     assert q(lake, "SELECT character, named FROM characters") == [{"character": "Anya", "named": True}]
     assert q(lake, "SELECT bool_and(rescued) AS r FROM clusters") == [{"r": True}]
-    off = run_cli("backfill", "--lake", str(lake), "--series", "anidoc", "--set", "name.rescue_margin=1",
+    off = run_cli("backfill", "--lake", str(lake), "--series", "anidoc", "--set", "name.rescue=false",
                   check=True)
     assert "0 frames decoded" in off.stderr
     assert q(lake, "SELECT count(*) AS n FROM characters")[0]["n"] == 0  # without the gallery rescue: noise
@@ -244,6 +249,46 @@ def test_lake_import_validates_against_the_schema(tmp_path):
     proc = run_cli("lake", "import", "embeddings", str(bad), "--lake", str(lake), "--series", "s", "--episode", "e2")
     assert proc.returncode == 1 and "'vector'" in proc.stderr
     assert q(lake, "SELECT count(DISTINCT episode) AS n FROM embeddings")[0]["n"] == 1
+
+
+def test_bring_your_own_vectors_imports_with_derived_columns_and_identifies(tmp_path):
+    """Only series, episode, tracklet_id, model and vector: kind, metric and dim follow; a lake holding
+    nothing but imported vectors and references can be identified; a column that does not follow is named."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((3, 16))
+    lake = tmp_path / "lake"
+    for ep in ("e1", "e2"):
+        ids = [f"{ep}:{c}{i}" for c in "abc" for i in range(5)]
+        vecs = [(centres["abc".index(t[3])] + 0.1 * rng.standard_normal(16)).tolist() for t in ids]
+        path = tmp_path / f"{ep}.parquet"
+        pq.write_table(pa.table({"series": ["byo"] * len(ids), "episode": [ep] * len(ids), "tracklet_id": ids,
+                                 "model": ["my-model"] * len(ids), "vector": vecs}), path)
+        run_cli("lake", "import", "embeddings", str(path), "--lake", str(lake), "--series", "byo", "--episode", ep,
+                check=True)
+    assert q(lake, "SELECT DISTINCT kind, metric, dim FROM embeddings") == [{"kind": "tracklet", "metric": "cosine",
+                                                                              "dim": 16}]
+    refs = tmp_path / "refs.parquet"
+    pq.write_table(pa.table({"character": [n for n in ("Aki", "Bo") for _ in range(4)],
+                             "image_id": [f"{n}/{i}" for n in ("Aki", "Bo") for i in range(4)],
+                             "model": ["my-model"] * 8,
+                             "vector": [(centres[k] + 0.1 * rng.standard_normal(16)).tolist()
+                                        for k in (0, 1) for _ in range(4)]}), refs)
+    run_cli("lake", "import", "references", str(refs), "--lake", str(lake), "--series", "byo", check=True)
+    proc = run_cli("identify", "--lake", str(lake), "--series", "byo", check=True)
+    named = {r["character"]: r["n"] for r in q(lake, "SELECT a.character, count(*) AS n FROM appearances a "
+                                                     "JOIN characters c USING (series, cluster_id) WHERE c.named "
+                                                     "GROUP BY 1")}
+    assert named == {"Aki": 10, "Bo": 10}, proc.stderr
+    no_model = tmp_path / "no_model.parquet"
+    pq.write_table(pa.table({"tracklet_id": ["t1"], "vector": [[0.1, 0.2]]}), no_model)
+    proc = run_cli("lake", "import", "embeddings", str(no_model), "--lake", str(lake), "--series", "byo",
+                   "--episode", "e3")
+    assert proc.returncode == 1 and "missing required column 'model'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_full_profile_without_models_fails_at_once(tmp_path, synth_series):

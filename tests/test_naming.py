@@ -66,8 +66,10 @@ def test_calibrated_threshold_names_at_most_the_rate_of_strangers():
 def test_a_small_gallery_keeps_the_default_and_says_how_many_images_to_add():
     rng, centres = cast()
     refs, labels = gallery(rng, centres, [0, 1, 2], k=2)
-    space, cal = calibrate_cosine(draws(rng, centres[0], 5), refs, labels, RULE, 0.01, 0.05, 0.1)
-    assert cal.source == "default" and cal.threshold == RULE.default_threshold
+    space, cal = calibrate_cosine(draws(rng, centres[0], 30), refs, labels, RULE, 0.01, 0.05, 0.1)
+    assert cal.source == "default" and cal.threshold == RULE.default_threshold and space.mean is not None
+    space, cal = calibrate_cosine(draws(rng, centres[0], 3), refs, labels, RULE, 0.01, 0.05, 0.1)
+    assert space.mean is None and cal.threshold == RULE.raw_default_threshold  # too few vectors to centre on
     assert "3 per character" in cal.warning and "c0 (2)" in cal.warning
     space, cal = calibrate_cosine(draws(rng, centres[0], 5), refs[:2], labels[:2], RULE, 0.01, 0.05, 0.1)
     assert cal.source == "default" and "1 character" in cal.warning

@@ -39,7 +39,8 @@ def _hand_lake(root) -> Lake:
     keys = {"series": "s", "run": run}
     lake.commit("appearances", pa.Table.from_pylist(rows), **keys)
     lake.commit("characters", pa.Table.from_pylist([{"series": "s", "run_id": run, "cluster_id": ord(c), "character": c,
-                                                     "named": True} for c in "ABC"]), **keys)
+                                                     "named": True, "confidence": conf}
+                                                    for c, conf in zip("ABC", (1.0, 0.6, 0.9))]), **keys)
     lake.commit("identity_runs", pa.Table.from_pylist([{"series": "s", "run_id": run,
                                                         "created_at": dt.datetime.now(dt.timezone.utc)}]), **keys)
     return lake
@@ -201,7 +202,8 @@ def test_formats_and_out(lake, tmp_path):
     base = ("query", "screen-time", "--lake", str(lake), "--series", "mini")
     csv = run_cli(*base, "--format", "csv", check=True).stdout
     table = pacsv.read_csv(io.BytesIO(csv.encode()))
-    assert table.column_names == ["series", "episode", "character", "seconds", "episode_seconds", "share"]
+    assert table.column_names == ["series", "episode", "character", "seconds", "episode_seconds", "share",
+                                  "confidence"]
     out = tmp_path / "st.parquet"
     run_cli(*base, "--format", "parquet", "--out", str(out), check=True)
     assert pq.read_table(out).num_rows == table.num_rows
@@ -236,10 +238,20 @@ def test_empty_result_exits_1(tmp_path):
     assert proc.returncode == 1 and "no rows" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_screen_time_keeps_only_names_sure_enough(hand):
+    from anitrack.sql import QueryError
+
+    assert {r["character"] for r in rows(hand, "screen-time", min_confidence=0.8)} == {"A", "C"}
+    assert {r["character"]: r["confidence"] for r in rows(hand, "screen-time-series", min_confidence=0.95)} == \
+        {"A": 1.0}
+    with pytest.raises(QueryError, match="no confidence column"):
+        rows(hand, "coappearance", min_confidence=0.5)
+
+
 def test_every_named_query_has_its_columns(hand):
     expected = {
-        "screen-time": ["series", "episode", "character", "seconds", "episode_seconds", "share"],
-        "screen-time-series": ["series", "character", "seconds", "share", "episodes"],
+        "screen-time": ["series", "episode", "character", "seconds", "episode_seconds", "share", "confidence"],
+        "screen-time-series": ["series", "character", "seconds", "share", "episodes", "confidence"],
         "presence": ["character", "first_episode", "first_s", "last_episode", "last_s", "episodes_present",
                      "longest_absence_episodes"],
         "coappearance": ["episode", "character_a", "character_b", "seconds"],

@@ -57,7 +57,7 @@ def test_report_holds_every_section(report):
     # one gallery card per character, with the screen time of the screen_time view and its crops
     seconds = {r["character"]: r["s"] for r in q(lake, "SELECT character, sum(seconds) AS s FROM screen_time "
                                                        "GROUP BY 1")}
-    characters = q(lake, "SELECT character, n_tracklets, closest, similarity FROM characters")
+    characters = q(lake, "SELECT character, n_tracklets, closest, similarity, confidence, threshold FROM characters")
     assert len(characters) >= 2
     cards = dict(re.findall(r'<div class=card data-character="([^"]+)">(.*?)</dl></div>', section(page, "characters"),
                             re.S))
@@ -69,6 +69,14 @@ def test_report_holds_every_section(report):
         if c["closest"]:
             assert f"{html.escape(c['closest'])} ({c['similarity']:.3f})" in card
         assert card.count('<img class=crop') >= 1
+        assert f"{100 * c['confidence']:.0f}% of tracklets back it" in card  # how sure each name is
+        assert f"threshold {c['threshold']:.2f}" in card
+
+    # the naming rule each name rests on: threshold, margin, rate asked and measured, what it rests on
+    naming = section(page, "naming")
+    rule = q(lake, "SELECT * FROM identity_runs WHERE current")[0]
+    assert f"{rule['name_threshold']:.3f}" in naming and f"{rule['name_margin']:.3f}" in naming
+    assert f"{rule['n_impostor']} / {rule['n_genuine']}" in naming and rule["calibration"] in naming
 
     coappear = section(page, "co-appearance")
     assert "coappearance.png" in coappear and "network.png" in coappear
@@ -165,4 +173,4 @@ def test_report_refuses_bad_input(report, ingested_lake, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
     proc = run_cli("report", "--lake", str(lake), "--series", "mini", "--out", str(out), "--force", check=True)
-    assert Path(proc.stdout.strip()).read_text().count("<section") == 6
+    assert Path(proc.stdout.strip()).read_text().count("<section") == 7
