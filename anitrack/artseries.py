@@ -4,7 +4,7 @@ Synthetic renders separate characters by flat colours; real drawings do not. Giv
 labelled drawings (a folder per character, as a reference gallery is laid out), this
 writes a series in the layout of :func:`anitrack.synth.synthesize_series`: episodes of
 shots, each showing one or two drawings of different characters on a plain backdrop,
-drifting slowly; a reference gallery of other drawings of most characters (some are
+drifting slowly (a tight face crop gets its edges extended, in the shots and the gallery alike); a reference gallery of other drawings of most characters (some are
 left out on purpose: naming them is an error); ``truth.json`` (with ``gallery``, the
 characters the gallery holds) and ``face_boxes.csv`` (where each drawing is).
 
@@ -40,15 +40,18 @@ def character_folders(root: str | Path) -> dict[str, list[Path]]:
 
 
 def _read(path: Path) -> np.ndarray:
+    """A drawing with room around its face: tight face crops get their edges extended (replicated),
+    so the face-anchored crop of a shot and the reference cut of the gallery both stay inside it."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{path}: unreadable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    pad = int(0.35 * bgr.shape[0])
+    return cv2.cvtColor(cv2.copyMakeBorder(bgr, pad, pad // 2, pad, pad, cv2.BORDER_REPLICATE), cv2.COLOR_BGR2RGB)
 
 
 def _placed(rng, image: np.ndarray, slot: tuple[int, int], width: int, height: int, n_frames: int):
     """Scale a drawing to a random height and give it a start and end position (a slow drift)."""
-    h = int(rng.integers(int(height * 0.3), int(height * 0.55)))
+    h = int(rng.integers(int(height * 0.45), int(height * 0.8)))
     w = max(8, int(round(image.shape[1] * h / image.shape[0])))
     w = min(w, slot[1] - slot[0] - 8)
     h = int(round(image.shape[0] * w / image.shape[1]))

@@ -60,8 +60,8 @@ class SpaceRule:
 # Thresholds measured on the synthetic series (clustering) and on real art (naming, ~1% false names):
 # benchmarks/identity_bench.py and benchmarks/realart_bench.py.
 SPACE_RULES: dict[str | None, SpaceRule] = {
-    "descriptor": SpaceRule(centre=False, merge=0.92, assign=0.8, default_threshold=0.95, raw_default_threshold=0.95),
-    "hybrid": SpaceRule(centre=True, merge=0.6, assign=0.35, default_threshold=0.62, raw_default_threshold=0.82),
+    "descriptor": SpaceRule(centre=False, merge=0.92, assign=0.8, default_threshold=0.94, raw_default_threshold=0.94),
+    "hybrid": SpaceRule(centre=True, merge=0.6, assign=0.35, default_threshold=0.62, raw_default_threshold=0.775),
     None: SpaceRule(centre=False, merge=0.92, assign=0.8, default_threshold=0.9, raw_default_threshold=0.9),
 }
 MIN_CENTRE = 20  # vectors a series' mean needs: centring two vectors makes them opposite
