@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from anitrack.config import defaults, parse_sets, resolve_profile, set_value
-from anitrack.ingest import STAGE_TABLES, EpisodeSpec, fingerprints, ingest_episode, model_ids, needs_frames, \
-    new_run_id
+from anitrack.ingest import STAGE_TABLES, fingerprints, ingest_episode, model_ids, new_run_id
+from anitrack.job import EpisodeSpec, needs_frames
 from anitrack.lake import Lake
 
 IDENTITY_SECTIONS = ("cluster", "name")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from anitrack.errors import debug_enabled, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find, track, cluster and name anime characters across whole series.")
@@ -34,10 +35,6 @@ class UsageError(Exception):
 
 class Failure(Exception):
     """The command ran but failed: exit code 1."""
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("ANITRACK_DEBUG", "") not in ("", "0", "false")
 
 
 def _err(message: str) -> None:
@@ -191,10 +188,47 @@ def _ingest(source, lake, series, profile, sets, config_file, parallel, device, 
     from flows.ingest import run_ingest
 
     with _locked(lake, series, "ingest"):
-        if progress.enabled():
-            with progress.Board():
+        if sys.stderr.isatty():
+            with TerminalBoard() as board, progress.showing(board):
                 return run_ingest(source, lake, series, config, profile, parallel, device, runner, dask_address)
         return run_ingest(source, lake, series, config, profile, parallel, device, runner, dask_address)
+
+
+class TerminalBoard:
+    """Per-episode progress bars on a terminal (Rich): an ``anitrack.progress.Board``."""
+
+    def __init__(self):
+        import threading
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=False)
+        self.bars: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _bar(self, episode: str, total: int | None) -> int:
+        with self.lock:
+            if episode not in self.bars:
+                self.bars[episode] = self.progress.add_task(episode, total=total or None, status="")
+            return self.bars[episode]
+
+    def update(self, episode: str, done: int, total: int) -> None:
+        self.progress.update(self._bar(episode, total), completed=done, total=total or None)
+
+    def finish(self, episode: str, status: str) -> None:
+        bar = self._bar(episode, None)
+        task = next(t for t in self.progress.tasks if t.id == bar)
+        self.progress.update(bar, completed=task.total or task.completed, status=status)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
 
 
 @contextlib.contextmanager
@@ -656,7 +690,7 @@ def lake_import(table: str = typer.Argument(..., help="Table name, e.g. detectio
     try:
         data = pq.read_table(file)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise Failure(f"{file}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise Failure(f"{file}: not a readable Parquet file ({first_line(exc)})") from None
     keys = {"series": series, "episode": episode}
     try:
         if table not in PARTITIONS:
@@ -832,6 +866,5 @@ def main() -> None:
         if debug_enabled():
             raise
         code = next((c for kind, c in known if isinstance(exc, kind)), 1)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        _err(f"error: {text}")
+        _err(f"error: {first_line(exc)}")
         sys.exit(code)

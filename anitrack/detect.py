@@ -119,3 +119,27 @@ def make_detector(config: dict, device: str = "cpu"):
 
         return YoloPersonDetector(weights=det["weights"], conf=det["conf"], device=device)
     raise ValueError(f"unknown detector {det['detector']!r}; choose from animeface, yolo")
+
+
+def face_finder_id(config: dict) -> str:
+    """Which finder cuts faces inside person boxes ("" when the detector finds faces itself): the
+    imgutils detector beside CCIP, animeface otherwise. Known without loading it (fingerprints)."""
+    if config["detect"]["detector"] == "animeface":
+        return ""
+    if config["embed"]["model"] == "ccip":
+        from anitrack.models import imgutils_face_model_id
+
+        return imgutils_face_model_id()
+    return f"animeface=={importlib.metadata.version('animeface')}"
+
+
+def make_face_finder(config: dict):
+    """The finder ``face_finder_id`` names, or None."""
+    found = face_finder_id(config)
+    if not found:
+        return None
+    if config["embed"]["model"] == "ccip":
+        from anitrack.models import ImgutilsFaceFinder
+
+        return ImgutilsFaceFinder()
+    return AnimeFaceDetector(conf=config["detect"]["conf"], workers=1)

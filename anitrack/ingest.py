@@ -8,7 +8,6 @@ an episode is skipped only when every stage of it committed.
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import importlib.metadata
 import json
@@ -19,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import PurePosixPath
 from typing import Callable
 
@@ -27,29 +26,20 @@ import fsspec
 import pyarrow as pa
 
 from anitrack.config import canonical
+from anitrack.detect import face_finder_id
+from anitrack.embed import embedder_id
+from anitrack.job import EpisodeSpec, episode_row, needs_frames, utc_now
 from anitrack.lake import Lake, slug
-from anitrack.video import VIDEO_EXTENSIONS, episode_number
+from anitrack.video import VIDEO_EXTENSIONS
 
 PIPELINE_VERSION = "1"  # bump when a stage's output for the same input and parameters changes
 STAGE_TABLES = ("shots", "detections", "tracklets", "crops", "embeddings")
+# settings that say how a stage runs (processes, batch sizes), not what it writes: in no fingerprint
+HOW_NOT_WHAT = {"detect": ("workers",), "embed": ("batch",)}
 
 
 class SourceError(RuntimeError):
     """The source cannot be listed; one line for the user."""
-
-
-@dataclass
-class EpisodeSpec:
-    uri: str
-    series: str
-    episode: str
-    lake: str
-    config: dict
-    profile: str
-    device: str = "cpu"
-    threads: int = 1
-    run_id: str = ""
-    in_process: bool = False  # Dask workers: run here with cached models; the worker is the crash boundary
 
 
 def discover(source: str) -> list[str]:
@@ -106,47 +96,29 @@ def model_ids(config: dict) -> dict[str, str]:
             ids["detect"] = f"{weights.name}@{hashlib.sha256(fh.read()).hexdigest()[:12]}"
     else:
         ids["detect"] = f"animeface=={version('animeface')}"
-    if config["embed"]["model"] == "ccip":
-        ids["embed"] = f"ccip:{config['embed']['ccip_model'] or 'default'}@dghs-imgutils=={version('dghs-imgutils')}"
-    else:
-        from anitrack.embed import DESCRIPTOR_VERSION
-
-        ids["embed"] = DESCRIPTOR_VERSION
+    ids["embed"] = embedder_id(config)
+    ids["faces"] = face_finder_id(config)
     return ids
 
 
 def fingerprints(content_hash: str, config: dict, models: dict[str, str]) -> dict[str, str]:
     """One fingerprint per stage table: input content, parameters, model, code, and upstream fingerprints."""
+    def output(section: str) -> dict:  # the settings that change what a stage writes
+        return {k: v for k, v in config[section].items() if k not in HOW_NOT_WHAT.get(section, ())}
+
     fp = {"shots": _digest("shots", content_hash, config["shots"], models["shots"], PIPELINE_VERSION)}
-    detect = {k: v for k, v in config["detect"].items() if k != "workers"}  # how many processes, not what they find
-    fp["detections"] = _digest("detections", content_hash, detect, models["detect"], PIPELINE_VERSION)
+    fp["detections"] = _digest("detections", content_hash, output("detect"), models["detect"], PIPELINE_VERSION)
     fp["tracklets"] = _digest("tracklets", fp["shots"], fp["detections"], config["track"], PIPELINE_VERSION)
-    fp["crops"] = _digest("crops", fp["tracklets"], config["crops"], PIPELINE_VERSION)
-    fp["embeddings"] = _digest("embeddings", fp["crops"], config["embed"], models["embed"], PIPELINE_VERSION)
+    faces = [models["faces"]] if models.get("faces") else []  # person-first: the finder that cuts the crops
+    fp["crops"] = _digest("crops", fp["tracklets"], config["crops"], *faces, PIPELINE_VERSION)
+    fp["embeddings"] = _digest("embeddings", fp["crops"], output("embed"), models["embed"], PIPELINE_VERSION)
     fp["episodes"] = _digest("episode", *[fp[t] for t in STAGE_TABLES])
     return fp
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def episode_row(spec: EpisodeSpec, content_hash: str, size: int, status: str, error: str | None,
-                fps=None, n_frames=None, duration=None, width=None, height=None) -> dict:
-    return {"series": spec.series, "episode": spec.episode, "episode_number": episode_number(spec.episode),
-            "uri": spec.uri, "content_hash": content_hash, "size_bytes": size, "fps": fps, "n_frames": n_frames,
-            "duration_s": duration, "width": width, "height": height, "status": status, "error": error,
-            "profile": spec.profile, "ingested_at": _now()}
 
 
 def stale_tables(lake: Lake, keys: dict, fps: dict[str, str]) -> list[str]:
     """Stage tables whose committed fingerprint differs from ``fps`` (they must be recomputed)."""
     return [t for t in STAGE_TABLES if lake.fingerprint(t, **keys) != fps[t]]
-
-
-def needs_frames(stale: list[str]) -> bool:
-    """Embeddings are recomputed from the stored crops; every other stage needs the decoded video."""
-    return bool(set(stale) - {"embeddings"})
 
 
 def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | None = None,
@@ -290,8 +262,8 @@ def _run_child(job: dict, progress, timeout_s) -> tuple[bool, str]:
 
 
 def new_run_id() -> str:
-    return _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return utc_now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-__all__ = ["EpisodeSpec", "SourceError", "discover", "default_series", "episode_name",
-           "fingerprints", "ingest_episode", "model_ids", "needs_frames", "new_run_id", "stale_tables"]
+__all__ = ["SourceError", "discover", "default_series", "episode_name",
+           "fingerprints", "ingest_episode", "model_ids", "new_run_id", "stale_tables"]

@@ -7,12 +7,49 @@ Dask workers call ``run_episode`` in their own process instead, with cached mode
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
+
+from anitrack.video import episode_number
+
+
+@dataclass
+class EpisodeSpec:
+    """One episode's ingestion job: where it is, which lake and series, and how to run it."""
+
+    uri: str
+    series: str
+    episode: str
+    lake: str
+    config: dict
+    profile: str
+    device: str = "cpu"
+    threads: int = 1
+    run_id: str = ""
+    in_process: bool = False  # Dask workers: run here with cached models; the worker is the crash boundary
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def episode_row(spec: EpisodeSpec, content_hash: str, size: int, status: str, error: str | None,
+                fps=None, n_frames=None, duration=None, width=None, height=None) -> dict:
+    return {"series": spec.series, "episode": spec.episode, "episode_number": episode_number(spec.episode),
+            "uri": spec.uri, "content_hash": content_hash, "size_bytes": size, "fps": fps, "n_frames": n_frames,
+            "duration_s": duration, "width": width, "height": height, "status": status, "error": error,
+            "profile": spec.profile, "ingested_at": utc_now()}
+
+
+def needs_frames(stale: list[str]) -> bool:
+    """Embeddings are recomputed from the stored crops; every other stage needs the decoded video."""
+    return bool(set(stale) - {"embeddings"})
 
 
 def main() -> int:
@@ -26,14 +63,13 @@ def main() -> int:
         print(json.dumps(summary), flush=True)
         return 0
     except Exception as exc:  # one line for the parent; the traceback only when debugging
-        from anitrack.cli import debug_enabled
+        from anitrack.errors import debug_enabled, first_line
 
         if debug_enabled():
             import traceback
 
             traceback.print_exc()
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"@error {text}", file=sys.stderr, flush=True)
+        print(f"@error {first_line(exc)}", file=sys.stderr, flush=True)
         return 1
 
 
@@ -68,7 +104,6 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
     import pyarrow as pa
 
     from anitrack.episode import EpisodePipeline
-    from anitrack.ingest import EpisodeSpec, _now, episode_row, needs_frames
     from anitrack.lake import Lake
     from anitrack.video import probe
 
@@ -84,7 +119,7 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
         return _reembed(job, spec, lake, stale, previous[0])
     info = probe(job["uri"])
     total = info.n_frames or int(info.duration_s * info.fps) or 0
-    started_at = _now()
+    started_at = utc_now()
     pipeline, loaded = worker_pipeline(spec.config, spec.device) if cached else \
         (EpisodePipeline(spec.config, spec.device), True)
     shots = None
@@ -124,13 +159,12 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
 
     from anitrack.embed import make_embedder
     from anitrack.episode import StageClock, embed_rows
-    from anitrack.ingest import _now
     from anitrack.lake import conform
     from schemas.tables import TABLES
 
     keys = {"series": spec.series, "episode": spec.episode}
     fps = job["fingerprints"]
-    started_at = _now()
+    started_at = utc_now()
     embedder = make_embedder(spec.config)
     clock = StageClock()
     rows = {t: (lake.read_commit(lake.partition(t, **keys)) or {}).get("rows", 0) for t in STAGE_OF}
@@ -143,7 +177,7 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     timing = {t: (clock.seconds[STAGE_OF[t][0]] if t in stale else 0.0, clock.calls[STAGE_OF[t][0]], rows[t])
               for t in STAGE_OF}
     _record(lake, job, spec, keys, stale, timing, (0.0, 0), {"embed": embedder.model_id}, started_at)
-    row = dict(previous, uri=spec.uri, profile=spec.profile, ingested_at=_now())
+    row = dict(previous, uri=spec.uri, profile=spec.profile, ingested_at=utc_now())
     lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=fps["episodes"], run_id=spec.run_id, **keys)
     return {"status": "ok", "error": None, "frames": row["n_frames"], "duration_s": row["duration_s"],
             "shots": rows["shots"], "tracklets": rows["tracklets"], "crops": rows["crops"], "frames_decoded": 0}
@@ -154,9 +188,8 @@ def _record(lake, job, spec, keys, stale, timing, decode, models, started_at) ->
     import pyarrow as pa
 
     from anitrack.config import canonical
-    from anitrack.ingest import _now
 
-    finished_at = _now()
+    finished_at = utc_now()
     fps = job["fingerprints"]
     seconds, frames = decode
     runs = [{**keys, "run_id": spec.run_id, "stage": "decode", "parameters": "{}", "model": "pyav",

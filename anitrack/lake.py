@@ -27,6 +27,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anitrack.errors import first_line
+
 from schemas.tables import PARTITIONS, SCHEMA_VERSION, TABLES, with_version
 
 COMMIT = "_COMMIT.json"
@@ -116,9 +118,9 @@ class Lake:
             raise LakeUnreachable(f"{where}: bucket does not exist")
         if isinstance(error, PermissionError):
             raise LakeUnreachable(f"{where}: access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): "
-                                  f"{_first_line(error)}")
+                                  f"{first_line(error)}")
         if isinstance(error, Exception):  # botocore's connection errors are not OSErrors
-            raise LakeUnreachable(f"{where}: cannot open the lake: {_first_line(error)}")
+            raise LakeUnreachable(f"{where}: cannot open the lake: {first_line(error)}")
 
     # -- paths ---------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -386,7 +388,7 @@ def conform(table: str, data: pa.Table, columns: list[str] | None = None) -> pa.
             column = column.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
             raise LakeError(f"{table}: column {field.name!r} has type {column.type}, expected {field.type}"
-                            f" ({str(exc).splitlines()[0]})") from None
+                            f" ({first_line(exc)})") from None
         if not field.nullable and column.null_count:
             raise LakeError(f"{table}: column {field.name!r} has nulls but is required")
         arrays.append(column)
@@ -433,10 +435,6 @@ def _storage_options(url: str) -> dict:
     if url.startswith(("s3://", "s3a://")):  # endpoint and credentials come from AWS_* variables
         options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
     return options
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _protocols(fs) -> tuple[str, ...]:

@@ -161,6 +161,10 @@ class YoloPersonDetector:
 
 
 # -- imgutils faces -------------------------------------------------------------------------------
+def imgutils_face_model_id(model_name: str | None = None) -> str:
+    return f"{FACE_REPO}/{model_name or DEFAULT_FACE_MODEL}"
+
+
 class ImgutilsFaceFinder:
     """imgutils' YOLOv8 anime face detector, used to find the face inside a person box."""
 
@@ -169,7 +173,7 @@ class ImgutilsFaceFinder:
     def __init__(self, model_name: str | None = None, conf: float = 0.25, iou: float = 0.7):
         self.model_name = model_name or DEFAULT_FACE_MODEL
         self.conf, self.iou = conf, iou
-        self.model_id = f"{FACE_REPO}/{self.model_name}"
+        self.model_id = imgutils_face_model_id(self.model_name)
         what = f"imgutils face detector {self.model_name!r}"
         _require_hf_files(FACE_REPO, [f"{self.model_name}/model.onnx"], what)
         with hf_offline(), _hf_missing_as_error(what):

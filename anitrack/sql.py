@@ -11,6 +11,7 @@ import threading
 
 import duckdb
 
+from anitrack.errors import first_line
 from anitrack.lake import Lake
 from schemas.tables import IDENTITY_TABLES, PARTITIONS, TABLES, with_version
 
@@ -107,7 +108,7 @@ def run_query(con: duckdb.DuckDBPyConnection, query: str, timeout_s: float = 120
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as exc:
-        raise QueryError(_first_line(exc)) from None
+        raise QueryError(first_line(exc)) from None
     if not statements:
         raise QueryError("empty query")
     refused = [s.type.name for s in statements if s.type not in ALLOWED]
@@ -123,10 +124,8 @@ def run_query(con: duckdb.DuckDBPyConnection, query: str, timeout_s: float = 120
     except duckdb.InterruptException:
         raise QueryError(f"query cancelled after {timeout_s:.0f} s") from None
     except duckdb.Error as exc:
-        raise QueryError(_first_line(exc)) from None
+        raise QueryError(first_line(exc)) from None
     finally:
         timer.cancel()
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from anitrack.config import load_config, resolve_profile
-from anitrack.ingest import EpisodeSpec, ingest_episode
+from anitrack.ingest import ingest_episode
+from anitrack.job import EpisodeSpec
 from anitrack.lake import Lake
 from anitrack.synth import synthesize_series
 from anitrack.video import iter_frames

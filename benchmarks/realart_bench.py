@@ -96,26 +96,32 @@ def embed(embedder, views: list[tuple[np.ndarray, np.ndarray | None]], batch: in
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
 
 
-def draw_gallery(labels: np.ndarray, seed: int, refs: int, leave_out: float) -> tuple[np.ndarray, set[str]]:
+def draw_gallery(labels: np.ndarray, seed: int, refs: int, leave_out: float,
+                 eligible: np.ndarray | None = None) -> tuple[np.ndarray, set[str]]:
+    """A gallery of ``refs`` images per character, ``leave_out`` of the characters left out; drawn from
+    ``eligible`` images (those a reference cut finds a face in, as ``identify.embed_gallery`` keeps)."""
     rng = np.random.default_rng(seed)
     names = sorted(set(labels))
     out = set(rng.choice(names, int(round(len(names) * leave_out)), replace=False).tolist())
     gallery = np.zeros(len(labels), bool)
     for name in names:
         if name not in out:
-            gallery[rng.choice(np.flatnonzero(labels == name), refs, replace=False)] = True
+            mine = np.flatnonzero(labels == name)
+            usable = mine[eligible[mine]] if eligible is not None and eligible[mine].any() else mine
+            gallery[rng.choice(usable, min(refs, len(usable)), replace=False)] = True
     return gallery, out
 
 
 def evaluate(probes: np.ndarray, gallery_vectors: np.ndarray, labels: np.ndarray, rule, config: dict,
-             seeds=range(4), refs: int = 6, leave_out: float = 0.25, detected: np.ndarray | None = None) -> dict:
+             seeds=range(4), refs: int = 6, leave_out: float = 0.25, detected: np.ndarray | None = None,
+             eligible: np.ndarray | None = None) -> dict:
     """Mean over gallery draws of the figures the module docstring lists."""
     from anitrack import calibration
 
     name = config["name"]
     rows = []
     for seed in seeds:
-        gallery, out = draw_gallery(labels, seed, refs, leave_out)
+        gallery, out = draw_gallery(labels, seed, refs, leave_out, eligible)
         probe = ~gallery
         seen = probe & (detected if detected is not None else True)
         space, cal = calibration.calibrate_cosine(probes[seen], gallery_vectors[gallery], labels[gallery], rule,
@@ -160,17 +166,18 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     embedders = {"descriptor": ColorShapeDescriptor(), "hybrid": HybridEmbedder()}
     as_given = [(img, None) for img in images]
-    views = {"crops": (as_given, as_given, None)}
+    views = {"crops": (as_given, as_given, None, None)}
     if args.frames:
         t = time.perf_counter()
         shots, refs = frame_views(images, config)
         detected = np.array([s is not None for s in shots])
-        views["frames"] = ([s if s is not None else (img, None) for s, img in zip(shots, images)], refs, detected)
+        views["frames"] = ([s if s is not None else (img, None) for s, img in zip(shots, images)], refs, detected,
+                           np.array([r[1] is not None for r in refs]))
         print(f"# frames: animeface found {detected.mean():.0%} of the drawings in frames, a face in "
               f"{np.mean([r[1] is not None for r in refs]):.0%} of the reference cuts ({time.perf_counter() - t:.0f} s)")
     print(f"{'view':7s} {'embedder':11s} {'nearest':>8s} {'right':>7s} {'wrong':>7s} {'wrong/named':>11s} "
           f"{'threshold':>9s} {'gal.accept':>10s} {'s/img':>7s}")
-    for view, (probe_views, ref_views, detected) in views.items():
+    for view, (probe_views, ref_views, detected, with_face) in views.items():
         for name, embedder in embedders.items():
             t = time.perf_counter()
             probes = embed(embedder, probe_views)
@@ -178,7 +185,7 @@ def main() -> None:
             per_image = (time.perf_counter() - t) / (len(probe_views) + (0 if ref_views is probe_views else
                                                                          len(ref_views)))
             r = evaluate(probes, gallery, labels, calibration.SPACE_RULES[name], config, range(args.seeds),
-                         args.refs, detected=detected)
+                         args.refs, detected=detected, eligible=with_face)
             print(f"{view:7s} {name:11s} {r['nearest']:8.3f} {r['named_right']:7.3f} {r['named_wrong']:7.3f} "
                   f"{r['wrong_of_named']:11.3f} {r['threshold']:9.3f} {r['genuine_accept']:10.3f} "
                   f"{per_image * 1000:6.1f}ms", flush=True)

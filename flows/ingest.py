@@ -10,7 +10,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from anitrack.config import load_config, resolve_profile
-from anitrack.ingest import EpisodeSpec, episode_name, new_run_id
+from anitrack.ingest import episode_name, new_run_id
+from anitrack.job import EpisodeSpec
 from anitrack.lake import Lake
 from flows import artifact_key
 from tasks.ingest import discover_episodes, ingest_episode_task

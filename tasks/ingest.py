@@ -4,7 +4,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from anitrack import progress
-from anitrack.ingest import EpisodeSpec, discover, ingest_episode
+from anitrack.ingest import discover, ingest_episode
+from anitrack.job import EpisodeSpec
 
 
 @task(name="discover-episodes", retries=2, retry_delay_seconds=2,

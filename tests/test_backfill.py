@@ -114,11 +114,20 @@ def test_cluster_threshold_backfill_decodes_nothing_and_reuses_every_partition(s
     assert again.returncode == 0 and "nothing to do" in again.stderr and last_run(lake) == new_run
 
 
+def test_a_batch_size_backfill_has_nothing_to_do(series):
+    """``embed.batch`` says how many crops go through the network at once, not what comes out."""
+    _, _, lake = series
+    before, run = stage_files(lake), last_run(lake)
+    done = backfill(lake, "--set", "embed.batch=8")
+    assert done.returncode == 0 and "nothing to do" in done.stderr, done.stderr
+    assert stage_files(lake) == before and last_run(lake) == run
+
+
 def test_embedding_change_reembeds_stored_crops_without_decoding(series):
     _, _, lake = series
     before = stage_files(lake)
-    vectors = q(lake, "SELECT crop_id, vector FROM embeddings WHERE kind = 'crop' ORDER BY crop_id")
-    done = backfill(lake, "--set", "embed.batch=8")
+    crop_ids = q(lake, "SELECT crop_id FROM embeddings WHERE kind = 'crop' ORDER BY crop_id")
+    done = backfill(lake, "--set", "embed.model=descriptor")
     assert done.returncode == 0, done.stderr
     rows = run_rows(lake, last_run(lake))
     assert sum(r["frames_decoded"] for r in rows) == 0
@@ -128,7 +137,8 @@ def test_embedding_change_reembeds_stored_crops_without_decoding(series):
     after = stage_files(lake)
     changed = {k.split("/")[0] for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed == {"embeddings", "episodes"}  # crops, tracklets, detections, shots: byte for byte
-    assert q(lake, "SELECT crop_id, vector FROM embeddings WHERE kind = 'crop' ORDER BY crop_id") == vectors
+    assert q(lake, "SELECT crop_id FROM embeddings WHERE kind = 'crop' ORDER BY crop_id") == crop_ids
+    assert q(lake, "SELECT DISTINCT model FROM embeddings") == [{"model": "descriptor-v2"}]
 
 
 def test_detection_backfill_of_one_episode_recomputes_it_and_keeps_the_others(series):

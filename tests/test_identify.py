@@ -134,6 +134,27 @@ def test_a_label_reidentifies_with_the_current_runs_parameters(identified, tmp_p
     assert "Someone" in {r["character"] for r in q(lake, "SELECT character FROM characters")}
 
 
+def test_a_reference_without_a_face_is_left_out_and_said(identified, series, tmp_path):
+    """A gallery image the face finder cannot read would be embedded whole, unlike every tracklet
+    crop: it is left out of the gallery, and the run says which."""
+    import cv2
+    import numpy as np
+
+    lake = tmp_path / "lake"
+    shutil.copytree(identified[0], lake)
+    refs = tmp_path / "references"
+    shutil.copytree(series.parent / "references", refs)
+    character = sorted(p.name for p in refs.iterdir() if p.is_dir())[0]
+    cv2.imwrite(str(refs / character / "zz_backdrop.png"), np.full((120, 90, 3), 200, np.uint8))
+    proc = run_cli("identify", "--lake", str(lake), "--series", "cast", "--references", str(refs), check=True)
+    assert "left out" in proc.stderr and f"{character}/zz_backdrop.png" in proc.stderr
+    kept = {r["image_id"] for r in q(lake, "SELECT image_id FROM \"references\"")}
+    assert f"{character}/zz_backdrop.png" not in kept
+    assert any(i.startswith(f"{character}/") for i in kept)
+    warning = q(lake, "SELECT calibration_warning FROM identity_runs WHERE current")[0]["calibration_warning"]
+    assert "zz_backdrop.png" in warning
+
+
 def test_bad_identify_input(identified, series, tmp_path):
     lake, _ = identified
     before = q(lake, "SELECT count(*) AS n FROM identity_runs")[0]["n"]

@@ -1,0 +1,60 @@
+"""Which stage a setting invalidates: fingerprints from the real config and model ids (no model loaded)."""
+from __future__ import annotations
+
+import pytest
+
+from anitrack.config import load_config, resolve_profile
+from anitrack.ingest import STAGE_TABLES, fingerprints, model_ids
+
+
+def offline(**changes) -> dict:
+    config = resolve_profile(load_config(environ={}), "offline")
+    for key, value in changes.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    return config
+
+
+def recomputed(before: dict, after: dict) -> set[str]:
+    a, b = (fingerprints("content", c, model_ids(c)) for c in (before, after))
+    return {t for t in STAGE_TABLES if a[t] != b[t]}
+
+
+@pytest.fixture
+def person_first(tmp_path):
+    """A person detector's weights (their bytes are all a fingerprint reads)."""
+    weights = tmp_path / "person.pt"
+    weights.write_bytes(b"stand-in weights")
+    return {"detect__detector": "yolo", "detect__weights": str(weights)}
+
+
+def test_a_batch_size_or_worker_count_recomputes_nothing():
+    base = offline()
+    assert recomputed(base, offline(embed__batch=base["embed"]["batch"] * 2 + 1)) == set()
+    assert recomputed(base, offline(detect__workers=base["detect"]["workers"] + 3)) == set()
+
+
+def test_another_embedder_recomputes_embeddings_only():
+    assert recomputed(offline(), offline(embed__model="descriptor")) == {"embeddings"}
+
+
+def test_another_face_finder_recomputes_crops_and_embeddings(person_first):
+    """Person-first, the face inside each person box is found by imgutils beside CCIP and by
+    animeface otherwise: the crops it cut must not be reused by the other."""
+    with_animeface = offline(**person_first, embed__model="descriptor")
+    with_imgutils = offline(**person_first, embed__model="ccip")
+    assert model_ids(with_animeface)["faces"].startswith("animeface==")
+    assert "anime_face_detection" in model_ids(with_imgutils)["faces"]
+    assert recomputed(with_animeface, with_imgutils) == {"crops", "embeddings"}
+
+
+def test_face_first_crops_do_not_depend_on_the_embedder():
+    """The face-first detector found the faces; no second finder is in the crops' fingerprint."""
+    assert model_ids(offline())["faces"] == ""
+    assert "crops" not in recomputed(offline(), offline(embed__model="ccip"))
+
+
+def test_a_setting_that_changes_output_recomputes_its_stage_and_below():
+    base = offline()
+    assert recomputed(base, offline(crops__pad=base["crops"]["pad"] + 2)) == {"crops", "embeddings"}
+    assert recomputed(base, offline(track__iou=base["track"]["iou"] + 0.1)) == {"tracklets", "crops", "embeddings"}
