@@ -17,8 +17,9 @@ run therefore
    scores for its own character's references are genuine pairs: a cluster far looser than
    them has collapsed.
 
-Too small a gallery (under 3 images of every character, or one character) keeps the
-embedder's conservative default and says how many images to add.
+Too small a gallery (fewer than two characters with 3 images each) keeps the embedder's
+conservative default and says how many images to add; a character short of images takes
+part and is named in the warning.
 """
 from __future__ import annotations
 
@@ -254,17 +255,25 @@ def _folds(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return out
 
 
-def _too_small(labels: np.ndarray) -> str | None:
+def _gallery_problems(labels: np.ndarray) -> tuple[str | None, str | None]:
+    """(why the gallery cannot be calibrated, or None; which characters have too few images to be held
+    out in turn). Characters short of images still take part: their images are trials, and the other
+    characters' drawings give their impostor scores; only their own genuine evidence is thin."""
     real = np.array([not is_noise_label(c) for c in labels], bool)
     chars, counts = np.unique(labels[real], return_counts=True)
+    short = [f"{c} ({n})" for c, n in zip(chars, counts) if n < MIN_PER_CHARACTER]
+    note = (f"few reference images of {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}: "
+            f"add images to reach {MIN_PER_CHARACTER} per character") if short else None
     if len(chars) < MIN_CHARACTERS:
         return (f"the gallery holds {len(chars)} character(s); naming needs at least {MIN_CHARACTERS} "
-                f"with {MIN_PER_CHARACTER}+ images each to calibrate its threshold")
-    short = [f"{c} ({n})" for c, n in zip(chars, counts) if n < MIN_PER_CHARACTER]
-    if short:
-        return (f"too few reference images to calibrate the naming threshold: {', '.join(short[:5])}"
-                f"{' ...' if len(short) > 5 else ''}; add images to reach {MIN_PER_CHARACTER} per character")
-    return None
+                f"with {MIN_PER_CHARACTER}+ images each to calibrate its threshold"), note
+    if int((counts >= MIN_PER_CHARACTER).sum()) < MIN_CHARACTERS:
+        return f"too few reference images to calibrate the naming threshold; {note}", note
+    return None, note
+
+
+def joined_warnings(*warnings: str | None) -> str | None:
+    return "; ".join(w for w in warnings if w) or None
 
 
 def calibrate_cosine(vectors: np.ndarray, refs: np.ndarray, ref_labels, rule: SpaceRule, max_false_rate: float,
@@ -272,7 +281,7 @@ def calibrate_cosine(vectors: np.ndarray, refs: np.ndarray, ref_labels, rule: Sp
     """The run's space and naming rule for cosine embedders (see the module docstring)."""
     labels = np.asarray([str(s) for s in ref_labels])
     space = fit_space(vectors, refs, labels, rule, dims)
-    problem = _too_small(labels) if len(labels) else "no reference gallery"
+    problem, note = _gallery_problems(labels) if len(labels) else ("no reference gallery", None)
     if problem:
         default = rule.default_threshold if space.mean is not None or not rule.centre else rule.raw_default_threshold
         return space, Calibration(default, margin, max_false_rate, "default", warning=problem)
@@ -283,6 +292,7 @@ def calibrate_cosine(vectors: np.ndarray, refs: np.ndarray, ref_labels, rule: Sp
 
     cal = _calibrate(scores, labels, _folds(labels), max_false_rate, margin, support_rate)
     cal.genuine_pair_low = genuine_pair_low(space.cluster(refs), labels)
+    cal.warning = joined_warnings(cal.warning, note)
     return space, cal
 
 
@@ -303,13 +313,14 @@ def calibrate_scores(score_fn, ref_labels, max_false_rate: float, margin: float,
                      published: float) -> Calibration:
     """The naming rule for a fixed metric (CCIP: 1 - difference), from the gallery when it is big enough."""
     labels = np.asarray([str(s) for s in ref_labels])
-    problem = _too_small(labels) if len(labels) else "no reference gallery"
+    problem, note = _gallery_problems(labels) if len(labels) else ("no reference gallery", None)
     if problem:
         return Calibration(published, margin, max_false_rate, "published", published_threshold=published,
                            warning=problem)
     cal = _calibrate(lambda train, test: score_fn(test, train), labels, _folds(labels), max_false_rate, margin,
                      support_rate)
     cal.published_threshold = published
+    cal.warning = joined_warnings(cal.warning, note)
     return cal
 
 

@@ -323,11 +323,11 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     param_key = canonical(key)
     reuse = previous is not None and not full and previous["parameters"] == param_key
     space, cal = _space_and_calibration(lake, series, previous if reuse else None, data, ref_rows, config)
-    if faceless:
+    if faceless and not reuse:  # a reused calibration already says it (same gallery)
         shown = ", ".join(faceless[:5]) + (", ..." if len(faceless) > 5 else "")
-        cal.warning = "; ".join(filter(None, [cal.warning, (
+        cal.warning = calibration.joined_warnings(cal.warning, (
             f"{len(faceless)} reference image(s) show no face the face finder can find and were left out "
-            f"(crop them closer to the face or replace them): {shown}")]))
+            f"(crop them closer to the face or replace them): {shown}"))
     if space is not None:  # cluster and merge in the series' cluster view, judge names in its naming view
         data["naming"] = space.name(data["vectors"])
         data["vectors"] = space.cluster(data["vectors"])

@@ -1,15 +1,23 @@
-"""Kill the ingest process at random points; a re-run must give the same lake as a clean run."""
+"""Kill the ingest process at three points of a run; a re-run must give the same lake as a clean run.
+
+The points are chosen by watching the lake, not the clock, and each kill is checked to have
+landed where it was meant to: while episodes are being decoded and nothing is committed, just
+after the first stage partition is committed (its ``episodes`` row, written last, not yet), and
+after an episode is complete but before the others are.
+"""
 import os
-import random
 import signal
 import subprocess
 import time
 
-from anitrack.lake import Lake
+import psutil
+
+from anitrack.lake import Lake, LakeError
 from schemas.tables import TABLES
 from tests.conftest import ANITRACK, run_cli
 
 VOLATILE = {"episodes": ["ingested_at"], "stage_runs": None}  # None: the whole table is a log of runs
+STAGES = ("shots", "detections", "tracklets", "crops", "embeddings")
 
 
 def lake_content(path) -> dict:
@@ -25,14 +33,49 @@ def lake_content(path) -> dict:
     return out
 
 
-def test_kill_at_random_points_then_rerun_equals_clean_run(tmp_path, synth_series, ingested_lake):
+def committed(path) -> tuple[int, int]:
+    """(stage partitions, episodes) committed so far."""
+    try:
+        lake = Lake(str(path), create=False)
+    except LakeError:
+        return 0, 0
+    return sum(len(lake.commits(t)) for t in STAGES), len(lake.commits("episodes"))
+
+
+def decoding(pid: int) -> bool:
+    """An episode child process (``python -m anitrack.job``) is running under the CLI."""
+    try:
+        return any("anitrack.job" in " ".join(p.cmdline()) for p in psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return False
+
+
+def kill_when(args, ready, lake) -> tuple[int, int]:
+    """Start ingest, kill its whole process group as soon as ``ready(pid)`` holds; the lake's state then."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not ready(proc.pid):
+        assert proc.poll() is None, "ingest finished before the kill point"
+        assert time.monotonic() < deadline, "the kill point never came"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI, Prefect's server and every episode process
+    proc.wait()
+    return committed(lake)
+
+
+def test_kills_mid_run_then_rerun_equals_clean_run(tmp_path, synth_series, ingested_lake):
     lake = tmp_path / "lake"
-    rng = random.Random(2026)
+    n = len(Lake(str(ingested_lake), create=False).commits("episodes"))
     args = [*ANITRACK, "ingest", str(synth_series), "--lake", str(lake), "--series", "mini"]
-    for _ in range(3):
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(4.0, 25.0))
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, Prefect's server and every episode process
-        proc.wait()
+
+    assert kill_when(args, decoding, lake) == (0, 0)  # decoding, nothing committed
+
+    stages, episodes = kill_when(args, lambda pid: committed(lake)[0] > 0, lake)
+    assert stages > 0 and episodes < n  # stage partitions committed, the episodes not all done
+
+    before = committed(lake)[1]
+    stages, episodes = kill_when(args, lambda pid: committed(lake)[1] > before, lake)
+    assert before < episodes < n  # an episode complete, another not
+
     run_cli("ingest", str(synth_series), "--lake", str(lake), "--series", "mini", check=True)
     assert lake_content(lake) == lake_content(ingested_lake)

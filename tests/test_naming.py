@@ -75,6 +75,15 @@ def test_a_small_gallery_keeps_the_default_and_says_how_many_images_to_add():
     assert cal.source == "default" and "1 character" in cal.warning
 
 
+def test_one_character_short_of_images_does_not_stop_the_others_being_calibrated():
+    rng, centres = cast(seed=4)
+    refs, labels = gallery(rng, centres, [2, 3, 4, 5, 6], k=6)
+    refs, labels = np.vstack([refs, draws(rng, centres[7], 1)]), np.append(labels, "c7")
+    _, cal = calibrate_cosine(draws(rng, centres[2], 30), refs, labels, RULE, 0.05, 0.05, 0.1)
+    assert cal.source == "gallery" and "c7 (1)" in cal.warning
+    assert set(cal.thresholds) == {"c2", "c3", "c4", "c5", "c6", "c7"}  # the short one can still be named
+
+
 def test_a_gallery_too_small_for_the_rate_is_held_to_what_it_can_show():
     rng, centres = cast(seed=3)
     refs, labels = gallery(rng, centres, [2, 3, 4, 5], k=5)  # 20 trials cannot show 1%
