@@ -18,6 +18,8 @@ from anitrack.lake import Lake
 from anitrack.sql import connect, run_query
 from tests.conftest import ANITRACK, run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 STAGES = ("episodes", "shots", "detections", "tracklets", "crops", "embeddings")
 
 

@@ -11,10 +11,13 @@ import subprocess
 import time
 
 import psutil
+import pytest
 
 from anitrack.lake import Lake, LakeError
 from schemas.tables import TABLES
 from tests.conftest import ANITRACK, run_cli
+
+pytestmark = pytest.mark.slow  # runs the pipeline over video
 
 VOLATILE = {"episodes": ["ingested_at"], "stage_runs": None}  # None: the whole table is a log of runs
 STAGES = ("shots", "detections", "tracklets", "crops", "embeddings")

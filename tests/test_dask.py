@@ -15,6 +15,8 @@ import pytest
 from anitrack.lake import Lake
 from tests.conftest import ANITRACK, run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 STAGES = ("shots", "detections", "tracklets", "crops")
 WORKER_LINE = re.compile(r"episode (\S+) ran on worker (\S+) \(models (loaded|reused)\)")
 

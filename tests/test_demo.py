@@ -1,5 +1,9 @@
 """The README's main job, as a new user runs it (smaller, to keep CI short)."""
+import pytest
+
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # runs the pipeline over video
 
 
 def test_demo_runs_end_to_end(tmp_path):

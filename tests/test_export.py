@@ -17,6 +17,8 @@ from anitrack.lake import Lake
 from anitrack.sql import connect, run_query
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 
 @pytest.fixture(scope="module")
 def lake(identified_lake):

@@ -10,6 +10,8 @@ from anitrack.lake import Lake
 from anitrack.sql import connect, run_query
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 # Floors the offline profile (animeface + hybrid embedder) reaches on the synthetic series below;
 # measured values are printed by `anitrack run` and recorded in the README.
 FLOOR_BCUBED_F1 = 0.85

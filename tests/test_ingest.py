@@ -14,6 +14,8 @@ from anitrack.lake import Lake
 from anitrack.sql import connect, run_query
 from tests.conftest import real_clip, run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 
 def q(lake_path, sql: str) -> list[dict]:
     return run_query(connect(Lake(str(lake_path), create=False)), sql).to_pylist()

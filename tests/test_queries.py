@@ -17,6 +17,8 @@ from anitrack.queries import QUERIES, run_named
 from anitrack.sql import QueryError, connect, run_query
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 CEIL_SCREEN_TIME_ERROR = 0.35  # the identity issue's tolerance (mean per-character relative error)
 
 

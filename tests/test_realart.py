@@ -21,8 +21,9 @@ _spec = importlib.util.spec_from_file_location("realart_bench", REPO / "benchmar
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
-pytestmark = pytest.mark.skipif(not (REALART / "manifest.json").is_file(),
-                                reason=f"real art {REALART} is not available (expected ../shared beside the repo)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (REALART / "manifest.json").is_file(),
+                                 reason=f"real art {REALART} is not available (expected ../shared beside the repo)")]
 
 # measured on the 1,050 crops (6 references, a quarter of the characters left out, 4 galleries):
 # nearest 0.44 / 0.75, named right 0.04 / 0.13, named wrong 0.014 / 0.010 (descriptor / hybrid)

@@ -15,6 +15,8 @@ from PIL import Image
 
 from tests.conftest import copy_lake, run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 
 def q(lake: Path, query: str) -> list[dict]:
     from anitrack.lake import Lake

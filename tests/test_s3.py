@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # runs the pipeline over video
+
 BUCKET = "anitrack-test"
 LAKE = f"s3://{BUCKET}/lake"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
