@@ -248,7 +248,8 @@ def changed_parameters(config: dict) -> dict[str, object]:
 def runs_table(lake: Lake, series: str) -> pa.Table:
     """The series' identity runs, oldest first: parameters that differ from the defaults, characters, screen
     seconds (overlaps counted once) and run seconds; ``current`` marks the one the views show."""
-    from anitrack.identify import current_run, union_seconds
+    from anitrack.identify import current_run
+    from anitrack.intervals import union_length
 
     current = current_run(lake, series)
     stage_runs = lake.read("stage_runs", series).to_pylist()
@@ -259,7 +260,7 @@ def runs_table(lake: Lake, series: str) -> pa.Table:
         spans.setdefault((a["run_id"], a["episode"], a["character"]), []).append((a["start_s"], a["end_s"]))
     screen = {}
     for (run_id, _, _), intervals in spans.items():
-        screen[run_id] = screen.get(run_id, 0.0) + union_seconds(intervals)
+        screen[run_id] = screen.get(run_id, 0.0) + union_length(intervals)
     rows = []
     for r in sorted(lake.read("identity_runs", series).to_pylist(), key=lambda r: (r["created_at"], r["run_id"])):
         changed = changed_parameters(identity_config(lake, series, r["run_id"], stage_runs))

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from anitrack import calibration, identity, naming
 from anitrack.config import canonical
+from anitrack.intervals import union_length
 from anitrack.lake import Lake
 from schemas.tables import TABLES
 
@@ -538,17 +539,6 @@ def _tables(series, run_id, data, labels, characters, rescued):
             "appearances": pa.Table.from_pylist(appearances, schema=TABLES["appearances"])}
 
 
-def union_seconds(intervals: list[tuple[float, float]]) -> float:
-    """Length of a union of intervals: overlapping appearances of one character count once."""
-    total, end = 0.0, -np.inf
-    for s, e in sorted(intervals):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
-
-
 def _quality(series, run_id, data, labels, appearances: pa.Table, truth) -> list[dict]:
     q = identity.quality(data["vectors"], labels)
     rows = [{"metric": k, "value": float(v) if v is not None else None}
@@ -580,7 +570,7 @@ def truth_rows(data, labels, appearances: pa.Table, truth_path: Path) -> list[di
     errors = []
     for character in truth["characters"]:
         true_s = sum(e["screen_time_s"].get(character, 0.0) for e in truth["episodes"])
-        pred_s = sum(union_seconds(v) for (ep, c), v in pred_time.items() if c == character)
+        pred_s = sum(union_length(v) for (ep, c), v in pred_time.items() if c == character)
         err = abs(pred_s - true_s) / true_s if true_s > 0 else None
         if err is not None:
             errors.append(err)
@@ -611,7 +601,7 @@ def naming_truth_rows(data, appearances: pa.Table, truth: dict, true_char: dict[
         elif r["character"] in gallery:
             right[(r["episode"], r["character"])].append((r["start_s"], r["end_s"]))
     true_s = sum(e["screen_time_s"].get(c, 0.0) for e in truth["episodes"] for c in gallery)
-    credited = sum(union_seconds(v) for v in right.values())
+    credited = sum(union_length(v) for v in right.values())
     return [{"metric": "named_wrong_share", "value": wrong_s / named_s if named_s else None},
             {"metric": "named_seconds", "value": named_s},
             {"metric": "gallery_credited_share", "value": credited / true_s if true_s else None}]
@@ -659,4 +649,4 @@ def _refine_by_boxes(out: dict, data, face_boxes: Path) -> None:
             out[tid] = counter.most_common(1)[0][0]
 
 
-__all__ = ["IdentifyError", "identify", "embed_gallery", "apply_corrections", "union_seconds"]
+__all__ = ["IdentifyError", "identify", "embed_gallery", "apply_corrections"]

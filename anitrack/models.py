@@ -200,10 +200,6 @@ class ImgutilsFaceFinder:
                 found.append((np.asarray(box, dtype=np.float32), float(score)))
         return found
 
-    def find(self, crops_rgb: list[np.ndarray]) -> list[np.ndarray | None]:
-        """Best face box (x1, y1, x2, y2) float32 in crop coordinates, or None."""
-        return [None if f is None else f[0] for f in self.find_faces(crops_rgb)]
-
 
 # -- CCIP identities ------------------------------------------------------------------------------
 def default_ccip_model() -> str:

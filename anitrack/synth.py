@@ -37,6 +37,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anitrack.intervals import union_length
+
 __all__ = ["EXTRA", "Design", "make_cast", "render_character", "render_portrait", "synthesize_series",
            "write_references"]
 
@@ -1052,7 +1054,7 @@ def _plan_series(series, episodes, characters, seconds, seed, fps, width, height
         screen = {}
         for name in names:
             ivs = [(a["start_frame"], a["end_frame"]) for a in apps if a["character"] == name]
-            screen[name] = round(_union_length(ivs) / float(rate), 6)
+            screen[name] = round(union_length(ivs) / float(rate), 6)
         truth["episodes"].append({
             "episode": stem, "file": f"{stem}.mp4", "n_frames": n_frames,
             "shots": [{"start_frame": s.start, "end_frame": s.end} for s in ep.shots],
@@ -1112,17 +1114,3 @@ def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int 
             _encode(folder / f"{stem}.mp4", ep.frames(), rate, width, height, on_frame)
     (folder / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
     return folder
-
-
-def _union_length(intervals) -> int:
-    total, cur_s, cur_e = 0, None, None
-    for s, e in sorted(intervals):
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total

@@ -1,4 +1,4 @@
-"""Identity flows: ``identify-series`` alone, and ``run-series`` = ingest then identify."""
+"""The identity flow: ``identify-series`` (the CLI's ``run`` ingests, then calls it)."""
 from __future__ import annotations
 
 from prefect import flow
@@ -7,7 +7,6 @@ from prefect.artifacts import create_table_artifact
 from anitrack.config import load_config, resolve_profile
 from anitrack.lake import Lake
 from flows import artifact_key
-from flows.ingest import run_ingest
 from tasks.identify import identify_task
 
 
@@ -30,15 +29,3 @@ def identify_series(lake: str, series: str, config: dict | None = None, referenc
         summary = identify_task(lake, series, config, references, truth, full)
     _artifact(series, summary)
     return summary
-
-
-@flow(name="run-series", log_prints=True)
-def run_series(source: str, lake: str, series: str, config: dict, profile: str = "offline",
-               references: str | None = None, truth: str | None = None, parallel: int = 0,
-               device: str = "cpu", runner: str = "thread", dask_address: str | None = None) -> dict:
-    """Ingest every episode (``runner``: thread or dask, see ``run_ingest``), then identify the whole series."""
-    results = run_ingest(source, lake, series, config, profile, parallel, device, runner, dask_address)
-    with Lake(lake).lock(series, "identify"):
-        summary = identify_task(lake, series, config, references, truth)
-    _artifact(series, summary)
-    return {"episodes": results, "identity": summary}

@@ -61,7 +61,7 @@ def test_run_names_the_characters_and_reports_quality(identified, series):
 
 
 def test_screen_time_view_is_an_interval_union_close_to_truth(identified, series):
-    from anitrack.identify import union_seconds
+    from anitrack.intervals import union_length
 
     lake, _ = identified
     view = {(r["episode"], r["character"]): r["seconds"] for r in q(lake, "SELECT * FROM screen_time")}
@@ -70,7 +70,7 @@ def test_screen_time_view_is_an_interval_union_close_to_truth(identified, series
         spans.setdefault((r["episode"], r["character"]), []).append((r["start_s"], r["end_s"]))
     assert view.keys() == spans.keys()
     for key, intervals in spans.items():
-        assert view[key] == pytest.approx(union_seconds(intervals), abs=1e-6)  # overlaps counted once
+        assert view[key] == pytest.approx(union_length(intervals), abs=1e-6)  # overlaps counted once
         assert view[key] <= sum(e - s for s, e in intervals) + 1e-9
     truth = json.loads((series / "truth.json").read_text())
     got = {r["character"]: r["s"] for r in q(lake, "SELECT character, sum(seconds) AS s FROM screen_time GROUP BY 1")}

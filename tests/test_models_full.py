@@ -300,7 +300,7 @@ def test_face_finder_through_imgutils(hub):
     white = np.full((96, 128, 3), 255, np.uint8)
     gray = np.full((96, 128, 3), 102, np.uint8)  # mean 0.4: only the 0.9 box passes 0.25
     black = np.zeros((50, 50, 3), np.uint8)
-    boxes = finder.find([white, black, gray])
+    boxes = [None if f is None else f[0] for f in finder.find_faces([white, black, gray])]
     assert boxes[1] is None
     # box (x 32, y 32, w 20, h 20) in the 64x64 input, scaled back to the 128x96 crop
     for box in (boxes[0], boxes[2]):
@@ -342,7 +342,7 @@ def test_air_gapped_recipe_in_fresh_process(tmp_path):
         emb = models.CcipEmbedder(model={ccip_name!r})
         f = emb.embed([np.full((40, 30, 3), 9, np.uint8)])
         finder = models.ImgutilsFaceFinder(model_name={face_name!r})
-        box = finder.find([np.full((64, 64, 3), 255, np.uint8)])[0]
+        box = finder.find_faces([np.full((64, 64, 3), 255, np.uint8)])[0][0]
         try:
             models.CcipEmbedder(model="not-pulled")
         except models.ModelMissingError as e:
