@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from anitrack.config import defaults, parse_sets, resolve_profile, set_value
-from anitrack.ingest import STAGE_TABLES, fingerprints, ingest_episode, model_ids, new_run_id
-from anitrack.job import EpisodeSpec, needs_frames
+from anitrack.ingest import fingerprints, ingest_episode, model_ids, new_run_id, stale_tables
+from anitrack.job import EpisodeSpec
 from anitrack.lake import Lake
+from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
 
 IDENTITY_SECTIONS = ("cluster", "name")
-SECTION_OF = {"shots": "shots", "detections": "detect", "tracklets": "track", "crops": "crops", "embeddings": "embed"}
 
 
 class BackfillError(ValueError):
@@ -100,12 +100,12 @@ def _latest(rows: list[dict]) -> dict | None:
 def episode_config(lake: Lake, series: str, episode: str, runs: list[dict]) -> dict:
     """The parameters an episode's committed stage partitions were made with (stage_runs rows that match)."""
     config = defaults()
-    for table, section in SECTION_OF.items():
-        fp = lake.fingerprint(table, series=series, episode=episode)
-        row = _latest([r for r in runs if r["episode"] == episode and r["stage"] == table
+    for stage in STAGES:
+        fp = lake.fingerprint(stage.table, series=series, episode=episode)
+        row = _latest([r for r in runs if r["episode"] == episode and r["stage"] == stage.table
                        and r["fingerprint"] == fp])
         if row is not None:
-            config[section].update(json.loads(row["parameters"]))
+            config[stage.section].update(json.loads(row["parameters"]))
     return config
 
 
@@ -170,7 +170,7 @@ def plan(lake: Lake, series: str, sets: list[str], episodes: str | None = None) 
                 set_value(config, key, value)
         config = resolve_profile(config, row["profile"] or profile)
         fps = fingerprints(row["content_hash"], config, model_ids(config))
-        stale = [t for t in STAGE_TABLES if lake.fingerprint(t, series=series, episode=row["episode"]) != fps[t]]
+        stale = stale_tables(lake, {"series": series, "episode": row["episode"]}, fps)
         planned.append(EpisodePlan(row["episode"], row["uri"], row["content_hash"], row["n_frames"] or 0,
                                    config, stale))
     before = identity_config(lake, series, runs=runs)

@@ -28,14 +28,12 @@ import pyarrow as pa
 from anitrack.config import canonical
 from anitrack.detect import face_finder_id
 from anitrack.embed import embedder_id
-from anitrack.job import EpisodeSpec, episode_row, needs_frames, utc_now
+from anitrack.job import EpisodeSpec, episode_row, utc_now
 from anitrack.lake import Lake, slug
+from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
 from anitrack.video import VIDEO_EXTENSIONS
 
 PIPELINE_VERSION = "1"  # bump when a stage's output for the same input and parameters changes
-STAGE_TABLES = ("shots", "detections", "tracklets", "crops", "embeddings")
-# settings that say how a stage runs (processes, batch sizes), not what it writes: in no fingerprint
-HOW_NOT_WHAT = {"detect": ("workers",), "embed": ("batch",)}
 
 
 class SourceError(RuntimeError):
@@ -103,15 +101,12 @@ def model_ids(config: dict) -> dict[str, str]:
 
 def fingerprints(content_hash: str, config: dict, models: dict[str, str]) -> dict[str, str]:
     """One fingerprint per stage table: input content, parameters, model, code, and upstream fingerprints."""
-    def output(section: str) -> dict:  # the settings that change what a stage writes
-        return {k: v for k, v in config[section].items() if k not in HOW_NOT_WHAT.get(section, ())}
-
-    fp = {"shots": _digest("shots", content_hash, config["shots"], models["shots"], PIPELINE_VERSION)}
-    fp["detections"] = _digest("detections", content_hash, output("detect"), models["detect"], PIPELINE_VERSION)
-    fp["tracklets"] = _digest("tracklets", fp["shots"], fp["detections"], config["track"], PIPELINE_VERSION)
-    faces = [models["faces"]] if models.get("faces") else []  # person-first: the finder that cuts the crops
-    fp["crops"] = _digest("crops", fp["tracklets"], config["crops"], *faces, PIPELINE_VERSION)
-    fp["embeddings"] = _digest("embeddings", fp["crops"], output("embed"), models["embed"], PIPELINE_VERSION)
+    fp = {}
+    for stage in STAGES:
+        inputs = [fp[t] for t in stage.upstream] or [content_hash]
+        settings = {k: v for k, v in config[stage.section].items() if k not in stage.how_not_what}
+        model = [models[stage.model]] if stage.model and models.get(stage.model) else []
+        fp[stage.table] = _digest(stage.table, *inputs, settings, *model, PIPELINE_VERSION)
     fp["episodes"] = _digest("episode", *[fp[t] for t in STAGE_TABLES])
     return fp
 

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from anitrack.stages import STAGE_TABLES, STAGES, needs_frames, recorded_model
 from anitrack.video import episode_number
 
 
@@ -47,11 +48,6 @@ def episode_row(spec: EpisodeSpec, content_hash: str, size: int, status: str, er
             "profile": spec.profile, "ingested_at": utc_now()}
 
 
-def needs_frames(stale: list[str]) -> bool:
-    """Embeddings are recomputed from the stored crops; every other stage needs the decoded video."""
-    return bool(set(stale) - {"embeddings"})
-
-
 def main() -> int:
     job = json.loads(sys.stdin.read())
     try:
@@ -73,9 +69,6 @@ def main() -> int:
         return 1
 
 
-# table -> (config section, which is also its clock key; the model it records)
-STAGE_OF = {"shots": ("shots", "shots"), "detections": ("detect", "detect"), "tracklets": ("track", "detect"),
-            "crops": ("crops", "detect"), "embeddings": ("embed", "embed")}
 
 
 _PIPELINES: dict = {}  # (config, device) -> this process's models, when ``cached``
@@ -133,12 +126,11 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
         if not cached:
             pipeline.close()
     timing = {}
-    for table in STAGE_OF:
-        t = time.perf_counter()
+    for stage in STAGES:
+        table, t = stage.table, time.perf_counter()
         if table in stale:
             lake.commit(table, out.tables[table], fingerprint=fps[table], run_id=spec.run_id, **keys)
-        clock_key = STAGE_OF[table][0]
-        timing[table] = (out.clock.seconds[clock_key] + time.perf_counter() - t, out.clock.calls[clock_key],
+        timing[table] = (out.clock.seconds[stage.section] + time.perf_counter() - t, out.clock.calls[stage.section],
                          out.tables[table].num_rows)
     decode = (out.clock.seconds["decode"], out.n_frames)
     _record(lake, job, spec, keys, stale, timing, decode, out.models, started_at)
@@ -167,15 +159,15 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     started_at = utc_now()
     embedder = make_embedder(spec.config)
     clock = StageClock()
-    rows = {t: (lake.read_commit(lake.partition(t, **keys)) or {}).get("rows", 0) for t in STAGE_OF}
+    rows = {t: (lake.read_commit(lake.partition(t, **keys)) or {}).get("rows", 0) for t in STAGE_TABLES}
     if "embeddings" in stale:
         crops = lake.read("crops", spec.series, spec.episode).to_pylist()
         data = embed_rows(embedder, spec.config["embed"]["batch"], crops, clock)
         table = conform("embeddings", pa.Table.from_pylist(data, schema=TABLES["embeddings"]))
         lake.commit("embeddings", table, fingerprint=fps["embeddings"], run_id=spec.run_id, **keys)
         rows["embeddings"] = table.num_rows
-    timing = {t: (clock.seconds[STAGE_OF[t][0]] if t in stale else 0.0, clock.calls[STAGE_OF[t][0]], rows[t])
-              for t in STAGE_OF}
+    timing = {s.table: (clock.seconds[s.section] if s.table in stale else 0.0, clock.calls[s.section], rows[s.table])
+              for s in STAGES}
     _record(lake, job, spec, keys, stale, timing, (0.0, 0), {"embed": embedder.model_id}, started_at)
     row = dict(previous, uri=spec.uri, profile=spec.profile, ingested_at=utc_now())
     lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=fps["episodes"], run_id=spec.run_id, **keys)
@@ -196,10 +188,11 @@ def _record(lake, job, spec, keys, stale, timing, decode, models, started_at) ->
              "fingerprint": job["content_hash"], "reused": frames == 0, "seconds": seconds,
              "frames_decoded": frames, "model_calls": 0, "rows": frames,
              "started_at": started_at, "finished_at": finished_at}]
-    for table, (clock_key, model_key) in STAGE_OF.items():
+    for stage in STAGES:
+        table = stage.table
         stage_seconds, calls, n_rows = timing[table]
         runs.append({**keys, "run_id": spec.run_id, "stage": table,
-                     "parameters": canonical(spec.config[clock_key]), "model": models.get(model_key, ""),
+                     "parameters": canonical(spec.config[stage.section]), "model": recorded_model(stage, models),
                      "fingerprint": fps[table], "reused": table not in stale, "seconds": stage_seconds,
                      "frames_decoded": 0, "model_calls": calls, "rows": n_rows,
                      "started_at": started_at, "finished_at": finished_at})

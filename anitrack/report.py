@@ -18,10 +18,10 @@ import numpy as np
 from anitrack.lake import Lake
 from anitrack.queries import check_names, run_named
 from anitrack.sql import QueryError, connect, run_query
+from anitrack.stages import PIPELINE
 
 MAX_POINTS = 2000  # tracklet vectors sampled for the similarity histogram and the projection
 CROPS_PER_CHARACTER = 4
-PIPELINE = ("decode", "shots", "detections", "tracklets", "crops", "embeddings")  # ingest stage order
 QUALITY_METRICS = ("silhouette", "davies_bouldin", "calinski_harabasz", "n_clusters", "noise_fraction",
                    "adjusted_rand", "bcubed_precision", "bcubed_recall", "bcubed_f1", "naming_accuracy",
                    "mean_screen_time_error", "named_wrong_share", "gallery_credited_share", "named_seconds")

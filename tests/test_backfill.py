@@ -1,8 +1,9 @@
 """Backfill, runs, the series lock and content-hash episode identity, through the real CLI on a small series.
 
-One synthetic series (3 episodes of 10 s) is ingested and identified once; the tests
-below change its parameters in order and prove from ``stage_runs`` and from file
-hashes what was recomputed, what was decoded and what stayed byte for byte.
+One synthetic series (3 episodes of 10 s) is ingested and identified once; each test
+changes its own copy of that lake (and of the sources, where it changes them) and proves
+from ``stage_runs`` and from file hashes what was recomputed, what was decoded and what
+stayed byte for byte.
 """
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ def series(tmp_path_factory):
     return folder, out / "data" / "references", lake
 
 
+@pytest.fixture
+def lake(series, tmp_path) -> Path:
+    """This test's own copy of the series' lake."""
+    return Path(shutil.copytree(series[2], tmp_path / "lake"))
+
+
 def q(lake: Path, sql: str, run: str | None = None) -> list[dict]:
     return run_query(connect(Lake(str(lake), create=False), run=run), sql).to_pylist()
 
@@ -59,10 +66,10 @@ def run_rows(lake: Path, run_id: str) -> list[dict]:
                    "ORDER BY episode, stage")
 
 
-def test_renamed_file_is_not_reingested_and_a_changed_file_is(series, tmp_path):
+def test_renamed_file_is_not_reingested_and_a_changed_file_is(series, lake, tmp_path):
     from anitrack.synth import synthesize_series
 
-    folder, _, lake = series
+    folder = Path(shutil.copytree(series[0], tmp_path / "source"))
     (folder / "episode_01.mp4").rename(folder / "first.mp4")
     other = synthesize_series(tmp_path, series="other", episodes=1, characters=2, seconds=6, seed=5)
     shutil.copy(next(other.glob("*.mp4")), folder / "episode_03.mp4")
@@ -82,8 +89,7 @@ def test_renamed_file_is_not_reingested_and_a_changed_file_is(series, tmp_path):
     assert {k for k in after if "episode_03" in k and after[k] != before.get(k)}
 
 
-def test_cluster_threshold_backfill_decodes_nothing_and_reuses_every_partition(series):
-    _, _, lake = series
+def test_cluster_threshold_backfill_decodes_nothing_and_reuses_every_partition(lake):
     before_files = stage_files(lake)
     old_run = last_run(lake)
     old_screen = q(lake, "SELECT episode, character, seconds FROM screen_time ORDER BY 1, 2")
@@ -116,17 +122,15 @@ def test_cluster_threshold_backfill_decodes_nothing_and_reuses_every_partition(s
     assert again.returncode == 0 and "nothing to do" in again.stderr and last_run(lake) == new_run
 
 
-def test_a_batch_size_backfill_has_nothing_to_do(series):
+def test_a_batch_size_backfill_has_nothing_to_do(lake):
     """``embed.batch`` says how many crops go through the network at once, not what comes out."""
-    _, _, lake = series
     before, run = stage_files(lake), last_run(lake)
     done = backfill(lake, "--set", "embed.batch=8")
     assert done.returncode == 0 and "nothing to do" in done.stderr, done.stderr
     assert stage_files(lake) == before and last_run(lake) == run
 
 
-def test_embedding_change_reembeds_stored_crops_without_decoding(series):
-    _, _, lake = series
+def test_embedding_change_reembeds_stored_crops_without_decoding(lake):
     before = stage_files(lake)
     crop_ids = q(lake, "SELECT crop_id FROM embeddings WHERE kind = 'crop' ORDER BY crop_id")
     done = backfill(lake, "--set", "embed.model=descriptor")
@@ -143,8 +147,7 @@ def test_embedding_change_reembeds_stored_crops_without_decoding(series):
     assert q(lake, "SELECT DISTINCT model FROM embeddings") == [{"model": "descriptor-v2"}]
 
 
-def test_detection_backfill_of_one_episode_recomputes_it_and_keeps_the_others(series):
-    _, _, lake = series
+def test_detection_backfill_of_one_episode_recomputes_it_and_keeps_the_others(lake):
     before = stage_files(lake)
     done = backfill(lake, "--set", "detect.conf=0.9", "--episodes", "2")
     assert done.returncode == 0, done.stderr
@@ -161,8 +164,8 @@ def test_detection_backfill_of_one_episode_recomputes_it_and_keeps_the_others(se
     assert q(lake, "SELECT min(score) AS s FROM detections WHERE episode = 'episode_02'")[0]["s"] >= 0.9
 
 
-def test_bad_input_is_one_line_and_leaves_the_lake_alone(series):
-    folder, _, lake = series
+def test_bad_input_is_one_line_and_leaves_the_lake_alone(series, lake):
+    folder = series[0]
     before = stage_files(lake)
     current = last_run(lake)
     cases = [(("--set", "cluster.merge_threshold=high"), 2, "cluster.merge_threshold: expected float"),
@@ -192,8 +195,7 @@ def test_bad_input_is_one_line_and_leaves_the_lake_alone(series):
     assert last_run(lake) == current  # nothing was recomputed, so no new identity run
 
 
-def test_two_backfills_at_once_one_refuses_and_the_lake_stays_consistent(series):
-    _, _, lake = series
+def test_two_backfills_at_once_one_refuses_and_the_lake_stays_consistent(lake):
     procs = [subprocess.Popen([*ANITRACK, "backfill", "--lake", str(lake), "--series", "mini", "--set",
                                f"cluster.merge_threshold={t}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for t in ("0.7", "0.75")]
@@ -214,12 +216,11 @@ def test_two_backfills_at_once_one_refuses_and_the_lake_stays_consistent(series)
     assert json.loads(winner)["cluster"]["merge_threshold"] in (0.7, 0.75)
 
 
-def test_backfill_flow_keeps_naming_parameters_for_the_next_backfill(series, prefect_harness):
+def test_backfill_flow_keeps_naming_parameters_for_the_next_backfill(lake, prefect_harness):
     """The Prefect flow (the deployments' entrypoint) runs the same backfill and records what it named with."""
     from anitrack.backfill import plan, runs_table
     from flows.backfill import backfill_series
 
-    _, _, lake = series
     dry = backfill_series(str(lake), "mini", ["name.threshold=0.7"], dry_run=True)
     assert dry["run_id"] is None and dry["plan"][-1]["stage"] == "identity (incremental)"
     done = backfill_series(str(lake), "mini", ["name.threshold=0.7"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from anitrack.config import load_config, resolve_profile
-from anitrack.ingest import STAGE_TABLES, fingerprints, model_ids
+from anitrack.ingest import fingerprints, model_ids
+from anitrack.stages import STAGE_TABLES
 
 
 def offline(**changes) -> dict:

@@ -93,8 +93,15 @@ def test_overlapping_tracklets_never_share_a_cluster(identified):
     assert rows == [{"n": 0}]
 
 
-def test_a_correction_survives_a_full_rerun(identified, series):
-    lake, _ = identified
+def own_copy(identified, tmp_path):
+    """The identified lake copied, so a test that changes it leaves the others' lake alone."""
+    lake = tmp_path / "lake"
+    shutil.copytree(identified[0], lake)
+    return lake
+
+
+def test_a_correction_survives_a_full_rerun(identified, tmp_path):
+    lake = own_copy(identified, tmp_path)
     target = q(lake, "SELECT cluster_id, best_tracklet_id FROM characters ORDER BY cluster_id LIMIT 1")[0]
     run_cli("label", "--lake", str(lake), "--series", "cast", "--cluster", str(target["cluster_id"]),
             "--name", "Renamed", check=True)
@@ -103,11 +110,11 @@ def test_a_correction_survives_a_full_rerun(identified, series):
                        WHERE k.tracklet_id = '{target['best_tracklet_id']}'""")
     assert rows == [{"character": "Renamed"}]
     runs = q(lake, "SELECT count(*) AS n, count(*) FILTER (WHERE current) AS cur FROM identity_runs")
-    assert runs[0]["n"] >= 3 and runs[0]["cur"] == 1  # earlier runs stay, one is current
+    assert runs[0]["n"] == 3 and runs[0]["cur"] == 1  # run, label, full rerun: earlier runs stay, one is current
 
 
-def test_a_split_survives_though_the_gallery_names_both_parts_alike(identified):
-    lake, _ = identified
+def test_a_split_survives_though_the_gallery_names_both_parts_alike(identified, tmp_path):
+    lake = own_copy(identified, tmp_path)
     big = q(lake, "SELECT cluster_id FROM characters WHERE source = 'reference' ORDER BY n_tracklets DESC LIMIT 1")[0]
     members = [r["tracklet_id"] for r in q(lake, f"SELECT tracklet_id FROM clusters WHERE cluster_id = "
                                                  f"{big['cluster_id']} ORDER BY tracklet_id")]
@@ -123,8 +130,7 @@ def test_a_split_survives_though_the_gallery_names_both_parts_alike(identified):
 def test_a_label_reidentifies_with_the_current_runs_parameters(identified, tmp_path):
     """After a backfill to other cluster and name parameters, a correction must not quietly return
     the series to the defaults."""
-    lake = tmp_path / "lake"
-    shutil.copytree(identified[0], lake)
+    lake = own_copy(identified, tmp_path)
     run_cli("backfill", "--lake", str(lake), "--series", "cast", "--set", "cluster.merge_threshold=0.55",
             "--set", "name.margin=0.08", check=True)
     target = q(lake, "SELECT cluster_id FROM characters ORDER BY n_tracklets DESC LIMIT 1")[0]["cluster_id"]
@@ -142,8 +148,7 @@ def test_a_reference_without_a_face_is_left_out_and_said(identified, series, tmp
     import cv2
     import numpy as np
 
-    lake = tmp_path / "lake"
-    shutil.copytree(identified[0], lake)
+    lake = own_copy(identified, tmp_path)
     refs = tmp_path / "references"
     shutil.copytree(series.parent / "references", refs)
     character = sorted(p.name for p in refs.iterdir() if p.is_dir())[0]
