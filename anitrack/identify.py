@@ -47,6 +47,9 @@ def params_from(config: dict, rule: calibration.SpaceRule) -> identity.IdentityP
 
 
 # -- references ----------------------------------------------------------------
+FACELESS = "reference image(s) show no face the face finder can find and were left out"
+
+
 def gallery_images(folder: str | Path) -> dict[str, list[Path]]:
     """Character -> image files of a reference gallery; refuses empty folders and non-images."""
     from anitrack.crops import decode
@@ -324,11 +327,12 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
     param_key = canonical(key)
     reuse = previous is not None and not full and previous["parameters"] == param_key
     space, cal = _space_and_calibration(lake, series, previous if reuse else None, data, ref_rows, config)
-    if faceless and not reuse:  # a reused calibration already says it (same gallery)
-        shown = ", ".join(faceless[:5]) + (", ..." if len(faceless) > 5 else "")
-        cal.warning = calibration.joined_warnings(cal.warning, (
-            f"{len(faceless)} reference image(s) show no face the face finder can find and were left out "
-            f"(crop them closer to the face or replace them): {shown}"))
+    if references is not None:  # this gallery's images without a face, in place of any a reused run listed
+        kept = [w for w in (cal.warning or "").split("; ") if w and FACELESS not in w]
+        if faceless:
+            shown = ", ".join(faceless[:5]) + (", ..." if len(faceless) > 5 else "")
+            kept.append(f"{len(faceless)} {FACELESS} (crop them closer to the face or replace them): {shown}")
+        cal.warning = calibration.joined_warnings(*kept)
     if space is not None:  # cluster and merge in the series' cluster view, judge names in its naming view
         data["naming"] = space.name(data["vectors"])
         data["vectors"] = space.cluster(data["vectors"])
