@@ -143,7 +143,8 @@ def _check_serve(client, procs, rendered: Path, source: Path, lake: Path) -> Non
     assert ingest.schedules[0].schedule.cron == "0 * * * *"
     assert ingest.parameters["sets"] == ["shots.backend=content"]
     assert identify.parameters["references"] == str(rendered.parent / "references")
-    assert deployment("backfill").schedules == []  # registered, runs only when asked
+    backfill = _wait("the backfill deployment", lambda: deployment("backfill"), 30, procs)  # registered last
+    assert backfill.schedules == []  # registered, runs only when asked
 
     def run_and_wait() -> None:
         run = client.create_flow_run_from_deployment(ingest.id)
