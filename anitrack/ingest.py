@@ -26,7 +26,7 @@ import fsspec
 import pyarrow as pa
 
 from anitrack.config import canonical
-from anitrack.detect import face_finder_id
+from anitrack.detect import animeface_id, face_finder_id
 from anitrack.embed import embedder_id
 from anitrack.job import EpisodeSpec, episode_row, utc_now
 from anitrack.lake import Lake, slug
@@ -93,7 +93,7 @@ def model_ids(config: dict) -> dict[str, str]:
         with open(weights, "rb") as fh:
             ids["detect"] = f"{weights.name}@{hashlib.sha256(fh.read()).hexdigest()[:12]}"
     else:
-        ids["detect"] = f"animeface=={version('animeface')}"
+        ids["detect"] = animeface_id()
     ids["embed"] = embedder_id(config)
     ids["faces"] = face_finder_id(config)
     return ids

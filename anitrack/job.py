@@ -69,8 +69,6 @@ def main() -> int:
         return 1
 
 
-
-
 _PIPELINES: dict = {}  # (config, device) -> this process's models, when ``cached``
 _PIPELINES_LOCK = threading.Lock()
 

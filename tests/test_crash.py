@@ -14,13 +14,13 @@ import psutil
 import pytest
 
 from anitrack.lake import Lake, LakeError
+from anitrack.stages import STAGE_TABLES
 from schemas.tables import TABLES
 from tests.conftest import ANITRACK, run_cli
 
 pytestmark = pytest.mark.slow  # runs the pipeline over video
 
 VOLATILE = {"episodes": ["ingested_at"], "stage_runs": None}  # None: the whole table is a log of runs
-STAGES = ("shots", "detections", "tracklets", "crops", "embeddings")
 
 
 def lake_content(path) -> dict:
@@ -42,7 +42,7 @@ def committed(path) -> tuple[int, int]:
         lake = Lake(str(path), create=False)
     except LakeError:
         return 0, 0
-    return sum(len(lake.commits(t)) for t in STAGES), len(lake.commits("episodes"))
+    return sum(len(lake.commits(t)) for t in STAGE_TABLES), len(lake.commits("episodes"))
 
 
 def decoding(pid: int) -> bool:

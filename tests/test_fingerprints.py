@@ -1,6 +1,9 @@
 """Which stage a setting invalidates: fingerprints from the real config and model ids (no model loaded)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from anitrack.config import load_config, resolve_profile
@@ -59,3 +62,12 @@ def test_a_setting_that_changes_output_recomputes_its_stage_and_below():
     base = offline()
     assert recomputed(base, offline(crops__pad=base["crops"]["pad"] + 2)) == {"crops", "embeddings"}
     assert recomputed(base, offline(track__iou=base["track"]["iou"] + 0.1)) == {"tracklets", "crops", "embeddings"}
+
+
+def test_model_ids_do_not_import_torch():
+    """Every episode's fingerprint asks for the model ids: the ingest and backfill parents must not pay
+    for importing torch to get them."""
+    probe = ("import sys; from anitrack.config import load_config, resolve_profile; from anitrack.ingest import "
+             "model_ids; model_ids(resolve_profile(load_config(environ={}), 'offline')); print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
