@@ -141,7 +141,8 @@ def synthesize_art_series(drawings: str | Path, out_dir: str | Path, series: str
             screen = {n: round(sum(a["end_frame"] - a["start_frame"] for a in apps if a["character"] == n)
                                / float(rate), 6) for n in names}
             truth["episodes"].append({"episode": stem, "file": f"{stem}.mp4", "n_frames": n_frames,
-                                      "shots": [{"start_frame": s["start"], "end_frame": s["end"]} for s in shots],
+                                      "shots": [{"start_frame": s["start"], "end_frame": s["end"],
+                                                 "transition": "cut" if i else "none"} for i, s in enumerate(shots)],
                                       "appearances": apps, "screen_time_s": screen})
     (folder / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
     return folder

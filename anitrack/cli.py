@@ -97,6 +97,8 @@ def synth(out: Path = typer.Argument(..., help="Folder to write the series and i
           seed: int = typer.Option(7), lookalikes: int = typer.Option(1, min=0),
           grading: float = typer.Option(0.5, min=0.0, max=1.0, help="Strength of per-shot colour grading."),
           shot_seconds: float = typer.Option(3.0, min=0.5, help="Mean shot length."),
+          transitions: float = typer.Option(0.3, min=0.0, max=1.0,
+                                            help="Share of scene changes drawn as a fade or a dissolve."),
           width: int = typer.Option(854), height: int = typer.Option(480),
           drawings: Optional[Path] = typer.Option(
               None, help="Make the shots from these labelled drawings instead (a folder per character): "
@@ -122,7 +124,7 @@ def synth(out: Path = typer.Argument(..., help="Folder to write the series and i
 
     folder = synthesize_series(out, series=series, episodes=episodes, characters=characters, seconds=seconds,
                                seed=seed, lookalikes=lookalikes, grading=grading, mean_shot_seconds=shot_seconds,
-                               width=width, height=height)
+                               width=width, height=height, transitions=transitions)
     print(folder)
 
 

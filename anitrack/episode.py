@@ -80,6 +80,8 @@ def shot_params(config: dict, device: str) -> dict:
     params = {"min_shot_frames": config["shots"]["min_shot_frames"], "device": device}
     if config["shots"]["threshold"] > 0:
         params["threshold"] = config["shots"]["threshold"]
+    if config["shots"]["backend"] == "transnetv2":
+        params.update(gate=config["shots"]["gate"], context=config["shots"]["context"])
     return params
 
 
@@ -105,9 +107,9 @@ class EpisodePipeline:
                 part.close()
 
     def run(self, uri: str, series: str, episode: str, progress: Callable[[int], None] | None = None,
-            shots: list[tuple[int, int]] | None = None) -> EpisodeOutput:
-        """``shots``: the episode's committed shots (start, end frames) when they are still valid, so a
-        detection change does not pay for the shot detector again."""
+            shots: list[dict] | None = None) -> EpisodeOutput:
+        """``shots``: the episode's committed ``shots`` rows when they are still valid, so a detection
+        change does not pay for the shot detector again."""
         cfg = self.config
         stride = cfg["detect"]["stride"]
         shot_detector = None if shots else make_shot_detector(cfg["shots"]["backend"], **shot_params(cfg, self.device))
@@ -187,10 +189,16 @@ class EpisodePipeline:
         frame_end = pts + [pts[-1] + 1.0 / fps]  # end time of frame i is the start of i+1
         t = time.perf_counter()
         if shot_detector is not None:
-            shots = cuts_to_shots(shot_detector.finish(), n, cfg["shots"]["min_shot_frames"])
-        elif shots[-1][1] != n:
-            raise RuntimeError(f"{episode}: the stored shots end at frame {shots[-1][1]}, the video has {n} frames")
-        t = clock.add("shots", t)
+            shot_detector.finish()
+            decided = {b.frame: (b.reason, b.transition) for b in shot_detector.boundaries}
+            shots = cuts_to_shots(list(decided), n, cfg["shots"]["min_shot_frames"])
+            how = [("start", "none")] + [decided[s] for s, _ in shots[1:]]
+        else:
+            stored, shots = shots, [(r["start_frame"], r["end_frame"]) for r in shots]
+            how = [(r["reason"], r["transition"]) for r in stored]
+            if shots[-1][1] != n:
+                raise RuntimeError(f"{episode}: the stored shots end at frame {shots[-1][1]}, the video has {n} frames")
+        t = clock.add("shots", t, calls=getattr(shot_detector, "windows_run", 0))
 
         pieces = [(s, p) for s, p in split_at_cuts(tracker.finish(), shots)
                   if len(p.frames) >= cfg["track"]["min_detections"]]
@@ -230,7 +238,8 @@ class EpisodePipeline:
         embedding_rows = self.embed_crops(crop_rows, clock)
 
         shot_rows = [{"series": series, "episode": episode, "shot_id": i, "start_frame": s, "end_frame": e,
-                      "start_s": frame_end[s], "end_s": frame_end[e], "backend": cfg["shots"]["backend"]}
+                      "start_s": frame_end[s], "end_s": frame_end[e], "backend": cfg["shots"]["backend"],
+                      "reason": how[i][0], "transition": how[i][1]}
                      for i, (s, e) in enumerate(shots)]
         shot_of = np.searchsorted([s for s, _ in shots], np.arange(n), side="right") - 1
         det_rows = [{"series": series, "episode": episode, "frame": f, "t_s": pts[f], "shot_id": int(shot_of[f]),

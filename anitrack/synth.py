@@ -16,7 +16,9 @@ Layout written by :func:`synthesize_series`::
 
 What an episode contains: scenes of 2-7 shots at one location (street, park, room,
 classroom, abstract backdrop) with one colour grade (none / night = dark blue /
-sunset = orange, strength `grading`); hard cuts; ~10% very short shots (8-14 frames);
+sunset = orange, strength `grading`); hard cuts inside a scene (jump cuts: same place, the camera
+moved), and between scenes a hard cut or, for a share `transitions` of them, a fade through black
+or a dissolve; ~10% very short shots (8-14 frames);
 1-3 people per shot as bust shots with 90-200 px faces (at 480 lines), slow drift,
 bobbing, talking mouths, blinks (3 frames every 2.5-5 s, which animeface mostly misses),
 walk-ins/walk-outs at the frame edges, foreground desks/railings/bushes hiding bodies
@@ -25,6 +27,7 @@ walk-ins/walk-outs at the frame edges, foreground desks/railings/bushes hiding b
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import queue
@@ -553,6 +556,46 @@ def _make_location(rng: np.random.Generator, kind: str, w: int, h: int) -> np.nd
     return img
 
 
+TRANSITION_HALF = {"fade": 6, "dissolve": 5}  # frames on each side of the boundary
+
+
+def _plan_transitions(shots: list, rng: np.random.Generator, share: float) -> None:
+    """Turn a share of the scene changes into fades and dissolves (as openings, endings and flashbacks do).
+
+    Drawn from their own random stream, so the rest of the plan is the same with or without them. Both
+    shots must outlast the transition, so a very short shot keeps its hard cut.
+    """
+    if not shots:
+        return
+    shots[0].transition = "none"
+    for prev, shot in zip(shots, shots[1:]):
+        draw = rng.random()
+        if not shot.scene_start or draw >= share:
+            continue
+        kind = "fade" if draw < share / 2 else "dissolve"
+        h = TRANSITION_HALF[kind]
+        if min(prev.end - prev.start, shot.end - shot.start) >= 2 * h + 4:
+            shot.transition, shot.half = kind, h
+
+
+def _blend_transition(kind: str, h: int, tail: list, head: list) -> None:
+    """Blend the outgoing shot's last `h` frames with the incoming shot's first `h`, in place.
+
+    A fade darkens to black and back, the boundary between the two darkest frames; a dissolve mixes
+    the moving outgoing shot with the incoming shot's first frame, then the outgoing shot's last frame
+    with the moving incoming shot, the mix crossing one half at the boundary.
+    """
+    last, first = tail[-1][1].astype(np.float32), head[0][1].astype(np.float32)
+    for j, item in enumerate(tail + head):
+        frame = item[1].astype(np.float32)
+        if kind == "fade":
+            out = frame * (abs(j - h + 0.5) / h)
+        else:
+            w = (j + 0.5) / (2 * h)
+            out = (1 - w) * frame + w * first if j < h else (1 - w) * last + w * frame
+        item[1][...] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 _GRADES = ["none", "night", "sunset"]
 
 
@@ -605,7 +648,10 @@ class _Shot:
     crop: tuple  # (x, y, w, h) window in location pixels at the shot's first frame
     pan: float  # background pan, frame pixels per frame
     actors: list = field(default_factory=list)
+    scene_start: bool = False  # the first shot of a new scene (a new place)
     occluder: tuple | None = None  # (top_y, colour, style)
+    transition: str = "cut"  # how the shot begins: cut, fade (through black) or dissolve; "none" for the first
+    half: int = 0  # a fade or dissolve spans frames [start - half, start + half)
 
 
 def _shot_lengths(rng, n_frames, mean_frames):
@@ -652,7 +698,7 @@ class _Episode:
     """Plan of one episode; rendering and truth both read the same per-frame arrays."""
 
     def __init__(self, rng, cast, episode_cast, n_frames, fps, width, height, grading, mean_shot_s,
-                 extras, never, together):
+                 extras, never, together, transitions=(None, 0.0)):
         self.width, self.height, self.n_frames = width, height, n_frames
         self.cast, self.grading = cast, grading
         self.shots: list[_Shot] = []
@@ -688,10 +734,13 @@ class _Episode:
             for j, n in enumerate(scene_lengths):
                 shot = self._plan_shot(rng, start, start + n, loc, gr, members, j == group_at, prev_x, extras)
                 prev_x = shot.crop[0]
+                shot.scene_start = j == 0
                 self.shots.append(shot)
                 start += n
             i += n_sh
         self._ensure_everyone(episode_cast)
+        if transitions[0] is not None:
+            _plan_transitions(self.shots, *transitions)
 
     # -- shots --------------------------------------------------------------------------------
     def _plan_shot(self, rng, start, end, loc, grade, members, group, prev_x, extras):
@@ -829,36 +878,55 @@ class _Episode:
 
     # -- rendering ----------------------------------------------------------------------------
     def frames(self):
-        """Yield (frame_index, RGB uint8 frame, [(name, x, y, w, h) visible face boxes])."""
+        """Yield (frame_index, RGB uint8 frame, [(name, x, y, w, h) visible face boxes]).
+
+        The frames either side of a fade or dissolve are held back until both sides are drawn.
+        """
+        held: list = []
+        for k, s in enumerate(self.shots):
+            hold = self.shots[k + 1].half if k + 1 < len(self.shots) else 0
+            mine = self._shot_frames(s)
+            if s.half:
+                head = [next(mine) for _ in range(s.half)]
+                _blend_transition(s.transition, s.half, held, head)
+                mine = itertools.chain(head, mine)
+            yield from held
+            held = []
+            for item in mine:
+                held.append(item)
+                if len(held) > hold:
+                    yield held.pop(0)
+        yield from held
+
+    def _shot_frames(self, s):
         W, H = self.width, self.height
-        for s in self.shots:
-            n = s.end - s.start
-            strip = self._background(s)
-            fg = self._occluder(s)
-            lut = _grade_lut(s.grade, self.grading)
-            sprites = {}
-            span = strip.shape[1] - W
-            for t in range(n):
-                off = int(round(abs(s.pan) * t)) if s.pan >= 0 else span - int(round(abs(s.pan) * t))
-                frame = strip[:, off:off + W].copy()  # never draw into the cached strip
-                boxes = []
-                for a in s.actors:
-                    key = (id(a.design), int(a.facing[t]), int(a.mouth[t]), bool(a.blink[t]), a.face_h)
-                    if key not in sprites:
-                        sprites[key] = render_character(a.design, a.face_h, int(a.facing[t]), int(a.mouth[t]),
-                                                        bool(a.blink[t]))
-                    prem, alpha, (bx, by, bw, bh) = sprites[key]
-                    cx, top = int(round(a.x[t])), int(round(a.y[t]))
-                    _composite(frame, prem, alpha, cx - bx - bw // 2, top - by, extend=True)
-                    if 0 <= a.x[t] < W:  # on screen; report the box clipped to the frame
-                        x0, x1 = max(cx - bw // 2, 0), min(cx - bw // 2 + bw, W)
-                        y0, y1 = max(top, 0), min(top + bh, H)
-                        boxes.append((a.name, x0, y0, x1 - x0, y1 - y0))
-                if fg is not None:
-                    _composite(frame, fg[0], fg[1], 0, s.occluder[0])
-                if lut is not None:
-                    cv2.LUT(frame, lut, dst=frame)
-                yield s.start + t, frame, boxes
+        n = s.end - s.start
+        strip = self._background(s)
+        fg = self._occluder(s)
+        lut = _grade_lut(s.grade, self.grading)
+        sprites = {}
+        span = strip.shape[1] - W
+        for t in range(n):
+            off = int(round(abs(s.pan) * t)) if s.pan >= 0 else span - int(round(abs(s.pan) * t))
+            frame = strip[:, off:off + W].copy()  # never draw into the cached strip
+            boxes = []
+            for a in s.actors:
+                key = (id(a.design), int(a.facing[t]), int(a.mouth[t]), bool(a.blink[t]), a.face_h)
+                if key not in sprites:
+                    sprites[key] = render_character(a.design, a.face_h, int(a.facing[t]), int(a.mouth[t]),
+                                                    bool(a.blink[t]))
+                prem, alpha, (bx, by, bw, bh) = sprites[key]
+                cx, top = int(round(a.x[t])), int(round(a.y[t]))
+                _composite(frame, prem, alpha, cx - bx - bw // 2, top - by, extend=True)
+                if 0 <= a.x[t] < W:  # on screen; report the box clipped to the frame
+                    x0, x1 = max(cx - bw // 2, 0), min(cx - bw // 2 + bw, W)
+                    y0, y1 = max(top, 0), min(top + bh, H)
+                    boxes.append((a.name, x0, y0, x1 - x0, y1 - y0))
+            if fg is not None:
+                _composite(frame, fg[0], fg[1], 0, s.occluder[0])
+            if lut is not None:
+                cv2.LUT(frame, lut, dst=frame)
+            yield s.start + t, frame, boxes
 
     def _location(self, i: int) -> np.ndarray:
         if i not in self._locations:
@@ -1029,7 +1097,7 @@ def write_references(out_dir: Path, cast: list[Design], seed: int, extras: bool,
 
 
 def _plan_series(series, episodes, characters, seconds, seed, fps, width, height, lookalikes, grading,
-                 mean_shot_seconds, cast_overlap, extras) -> dict:
+                 mean_shot_seconds, cast_overlap, extras, transitions) -> dict:
     """Everything random about a series, decided up front from the seed (no pixels yet)."""
     rate = Fraction(fps).limit_denominator(1001)
     n_frames = max(8, int(round(seconds * float(rate))))
@@ -1049,7 +1117,8 @@ def _plan_series(series, episodes, characters, seconds, seed, fps, width, height
         stem = f"episode_{e + 1:02d}"
         rng = np.random.default_rng([seed, 505, e])
         ep = _Episode(rng, cast, [names[i] for i in casts[e]], n_frames, float(rate), width, height, grading,
-                      mean_shot_seconds, extras, never, together)
+                      mean_shot_seconds, extras, never, together,
+                      (np.random.default_rng([seed, 606, e]), transitions))
         apps = ep.appearances()
         screen = {}
         for name in names:
@@ -1057,7 +1126,7 @@ def _plan_series(series, episodes, characters, seconds, seed, fps, width, height
             screen[name] = round(union_length(ivs) / float(rate), 6)
         truth["episodes"].append({
             "episode": stem, "file": f"{stem}.mp4", "n_frames": n_frames,
-            "shots": [{"start_frame": s.start, "end_frame": s.end} for s in ep.shots],
+            "shots": [{"start_frame": s.start, "end_frame": s.end, "transition": s.transition} for s in ep.shots],
             "appearances": apps, "screen_time_s": screen})
         eps.append((stem, ep))
     return {"rate": rate, "designs": designs, "truth": truth, "episodes": eps}
@@ -1066,7 +1135,7 @@ def _plan_series(series, episodes, characters, seconds, seed, fps, width, height
 def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int = 3, characters: int = 5,
                       seconds: float = 90.0, seed: int = 7, fps: float = 24.0, width: int = 854, height: int = 480,
                       lookalikes: int = 1, grading: float = 0.5, mean_shot_seconds: float = 3.0,
-                      cast_overlap: float = 0.6, extras: bool = True) -> Path:
+                      cast_overlap: float = 0.6, extras: bool = True, transitions: float = 0.3) -> Path:
     """Render a synthetic series and its ground truth; returns <out_dir>/<series>.
 
     Writes ``<series>/episode_NN.mp4``, ``<series>/truth.json``, ``<series>/face_boxes.csv``
@@ -1079,12 +1148,16 @@ def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int 
          "never_together": [A, B],      # never in the same shot anywhere in the series ([] if < 4 characters)
          "together": [C, D],            # share at least one shot in every episode that has both
          "episodes": [{"episode": "episode_01", "file": "episode_01.mp4", "n_frames",
-                       "shots": [{"start_frame", "end_frame"}],       # end exclusive, contiguous, cover all frames
+                       "shots": [{"start_frame", "end_frame",         # end exclusive, contiguous, cover all frames
+                                  "transition"}],   # how it begins: none (first), cut, fade or dissolve
                        "appearances": [{"character", "start_frame", "end_frame"}],
                        "screen_time_s": {name: seconds}}]}
 
     Appearances are the maximal runs of frames in which a person's face-box centre is
-    inside the frame; they never cross a cut.  Background people (extras, each seen in
+    inside the frame; they never cross a shot boundary (a fade or dissolve of ``2 * half`` frames is
+    centred on its boundary: the outgoing shot's people are on screen until it, the incoming shot's from
+    it; see TRANSITION_HALF).  ``transitions`` is the share of scene changes drawn as a fade or a
+    dissolve (0 for hard cuts only).  Background people (extras, each seen in
     one shot only) are included with character ``"_extra"`` but are not in
     ``characters`` nor in ``screen_time_s``.  ``screen_time_s`` lists every named
     character (0.0 when absent from the episode) and equals the union of its appearance
@@ -1100,7 +1173,7 @@ def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int 
     folder = out_dir / series
     folder.mkdir(parents=True, exist_ok=True)
     plan = _plan_series(series, episodes, characters, seconds, seed, fps, width, height, lookalikes, grading,
-                        mean_shot_seconds, cast_overlap, extras)
+                        mean_shot_seconds, cast_overlap, extras, transitions)
     truth, rate = plan["truth"], plan["rate"]
     write_references(out_dir, plan["designs"], seed, extras)
     with open(folder / "face_boxes.csv", "w", newline="\n") as boxes_file:

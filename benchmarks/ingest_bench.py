@@ -1,16 +1,18 @@
 """Offline-profile ingestion speed and memory, measured side by side in one run.
 
-For a synthetic 480p episode of each length it prints: decode-only seconds
-(PyAV, the same decode the pipeline does), pipeline seconds (one episode
-through the real child process), their ratio, the real-time factor, frames
-decoded per frame of video (target 1.0), model calls per minute of video and
+For a synthetic 480p episode of each length and each shot option it prints: decode-only
+seconds (PyAV, the same decode the pipeline does), pipeline seconds (one episode through
+the real child process), their ratio, the real-time factor, the shot stage's seconds and
+TransNetV2 windows run, shot boundaries against the episode's truth (found within one frame,
+false), frames decoded per frame of video (target 1.0), model calls per minute of video and
 the peak memory of the episode's process tree (target < 3 GiB).
 
-    python benchmarks/ingest_bench.py --minutes 2 10
+    python benchmarks/ingest_bench.py --minutes 2 10 --shots transnetv2 every-window context-12 content
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -71,6 +73,23 @@ class PeakMemory:
         self._thread.join()
 
 
+# shot options: --set values over the offline profile (transnetv2 is the default)
+SHOT_OPTIONS = {
+    "transnetv2": {},
+    "every-window": {"gate": False},  # TransNetV2 on every window, as before the gate
+    "context-12": {"context": 12},  # 76 predictions per 100-frame window instead of 50
+    "content": {"backend": "content"},  # PySceneDetect ContentDetector
+}
+
+
+def boundary_accuracy(truth: dict, shots: list[dict]) -> tuple[int, int, int]:
+    """(true boundaries found within one frame, true boundaries, false boundaries)."""
+    expected = [s["start_frame"] for s in truth["shots"][1:]]
+    found = [r["start_frame"] for r in shots if r["shot_id"] > 0]
+    hits = sum(any(abs(f - e) <= 1 for f in found) for e in expected)
+    return hits, len(expected), sum(not any(abs(f - e) <= 1 for e in expected) for f in found)
+
+
 def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
     src = work / f"src{minutes:g}"
     if not src.exists():
@@ -82,7 +101,7 @@ def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
     decode_s = time.perf_counter() - t
     config = resolve_profile(load_config(environ={}), "offline")
     config["detect"]["workers"] = workers
-    config["shots"]["backend"] = shots
+    config["shots"].update(SHOT_OPTIONS[shots])
     lake = work / f"lake{minutes:g}-{shots}"
     spec = EpisodeSpec(uri=str(video), series="bench", episode=video.stem, lake=str(lake), config=config,
                        profile="offline", threads=workers)
@@ -93,35 +112,48 @@ def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
     if result["status"] != "ok":
         raise SystemExit(f"ingest failed: {result['error']}")
     runs = Lake(str(lake)).read("stage_runs").to_pylist()
+    truth = json.loads((folder / "truth.json").read_text())["episodes"][0]
+    found = boundary_accuracy(truth, Lake(str(lake)).read("shots").to_pylist())
     decoded = sum(r["frames_decoded"] for r in runs)
     calls = {r["stage"]: r["model_calls"] for r in runs}
     video_s = result["duration_s"]
     return {"minutes": minutes, "frames": n, "video_s": video_s, "decode_s": decode_s, "pipeline_s": pipeline_s,
             "ratio": pipeline_s / decode_s, "realtime": video_s / pipeline_s, "decoded_per_frame": decoded / n,
             "calls_per_min": {k: round(v / (video_s / 60), 1) for k, v in calls.items() if v},
-            "peak_gib": mem.peak / 2**30, "stages": result["stage_seconds"], "tracklets": result["tracklets"]}
+            "peak_gib": mem.peak / 2**30, "stages": result["stage_seconds"], "tracklets": result["tracklets"],
+            "boundaries": found, "windows": calls.get("shots", 0)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 10.0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--shots", nargs="+", default=["transnetv2"], help="shot backends to compare")
+    parser.add_argument("--shots", nargs="+", default=["transnetv2"], choices=sorted(SHOT_OPTIONS),
+                        help="shot options to compare")
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         runs = [(m, shots) for m in args.minutes for shots in args.shots]
+        shot_seconds = {}
         for minutes, shots in runs:
             r = bench(minutes, Path(tmp), args.workers, shots)
+            shot_seconds[(minutes, shots)] = r["stages"].get("shots", 0.0)
+            hits, total, false = r["boundaries"]
             print(f"\n{minutes:g}-minute 854x480 episode, shots={shots}, {r['frames']} frames, "
                   f"{r['tracklets']} tracklets")
             print(f"  decode only     {r['decode_s']:8.1f} s")
             print(f"  pipeline        {r['pipeline_s']:8.1f} s   ratio to decode {r['ratio']:.1f}x (target <= 15)")
             print(f"  real-time factor {r['realtime']:7.2f}x  (video {r['video_s']:.0f} s; target > 1)")
+            print(f"  shot stage      {shot_seconds[(minutes, shots)]:8.1f} s   TransNetV2 windows run {r['windows']}")
+            print(f"  boundaries      {hits}/{total} found within one frame, {false} false")
             print(f"  frames decoded per frame {r['decoded_per_frame']:.2f} (target 1.0)")
             print(f"  model calls per minute   {r['calls_per_min']}")
             print(f"  peak memory     {r['peak_gib']:8.2f} GiB (target < 3)")
             print(f"  stage seconds   {r['stages']}")
+        for (minutes, shots), seconds in shot_seconds.items():
+            base = shot_seconds.get((minutes, "every-window"))
+            if base and shots != "every-window":
+                print(f"{minutes:g} min: shot stage of {shots} = {seconds / base:.2f}x every-window's")
 
 if __name__ == "__main__":
     main()

@@ -35,6 +35,10 @@ SHOTS = pa.schema(_PART + [
     pa.field("start_s", pa.float64(), nullable=False),
     pa.field("end_s", pa.float64(), nullable=False),
     pa.field("backend", pa.string()),
+    # what decided the boundary this shot starts at: transnetv2 (probability over the threshold), difference
+    # (a lower TransNetV2 peak that the frame change confirms), content / adaptive (PySceneDetect); start for shot 0
+    pa.field("reason", pa.string()),
+    pa.field("transition", pa.string()),  # how it begins: cut, fade, dissolve; none for shot 0
 ])
 
 DETECTIONS = pa.schema(_PART + [

@@ -30,11 +30,21 @@ def test_every_episode_is_ingested(ingested_lake, synth_truth):
         assert per_episode == len(truth), table
 
 
-def test_shot_boundaries_are_exact_on_hard_cuts(ingested_lake, synth_truth):
+def test_shot_boundaries_are_exact_on_hard_cuts_and_transitions_are_labelled(ingested_lake, synth_truth):
+    """Hard cuts at their frame; a fade or dissolve within one frame of its middle, with its kind."""
+    kinds = set()
     for ep in synth_truth["episodes"]:
-        found = [r["start_frame"] for r in q(ingested_lake, f"SELECT start_frame FROM shots WHERE episode = "
-                                                            f"'{ep['episode']}' ORDER BY shot_id")]
-        assert found == [s["start_frame"] for s in ep["shots"]], ep["episode"]
+        found = q(ingested_lake, f"SELECT start_frame, reason, transition FROM shots WHERE episode = "
+                                 f"'{ep['episode']}' ORDER BY shot_id")
+        assert len(found) == len(ep["shots"]), ep["episode"]
+        assert (found[0]["reason"], found[0]["transition"]) == ("start", "none")
+        for row, truth in zip(found[1:], ep["shots"][1:]):
+            slack = 0 if truth["transition"] == "cut" else 1
+            assert abs(row["start_frame"] - truth["start_frame"]) <= slack, (ep["episode"], row, truth)
+            assert row["transition"] == truth["transition"], (ep["episode"], row, truth)
+            assert row["reason"] in ("transnetv2", "difference")
+            kinds.add(truth["transition"])
+    assert kinds >= {"cut", "fade"}  # the series holds a fade (episode_03, frame 368)
 
 
 def test_shot_times_come_from_timestamps(ingested_lake, synth_truth):

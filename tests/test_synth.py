@@ -143,6 +143,32 @@ def test_hard_cuts(series):
     assert min(across) > np.percentile(within, 95)
 
 
+def test_fades_and_dissolves_are_drawn_as_the_truth_says(tmp_path):
+    """With every scene change a transition: a fade's middle frames are dark, a dissolve's middle is the
+    mix of the shots either side; and drawing them changes nothing else in the plan."""
+    plain = synthesize_series(tmp_path / "plain", series="t", episodes=1, characters=3, seconds=30, seed=5,
+                              transitions=0.0)
+    mixed = synthesize_series(tmp_path / "mixed", series="t", episodes=1, characters=3, seconds=30, seed=5,
+                              transitions=1.0)
+    before, after = (json.loads((f / "truth.json").read_text())["episodes"][0] for f in (plain, mixed))
+    assert {s["transition"] for s in before["shots"][1:]} == {"cut"}
+    assert [(s["start_frame"], s["end_frame"]) for s in before["shots"]] == \
+        [(s["start_frame"], s["end_frame"]) for s in after["shots"]]
+    assert before["appearances"] == after["appearances"]
+    frames = [img.astype(np.float32) for img, _ in _decode(mixed / "episode_01.mp4")]
+    seen = set()
+    for shot in after["shots"]:
+        b, kind = shot["start_frame"], shot["transition"]
+        if kind == "fade":
+            assert max(frames[b - 1].mean(), frames[b].mean()) < 0.2 * min(frames[b - 7].mean(), frames[b + 6].mean())
+        elif kind == "dissolve":
+            a_end, b_start = frames[b - 6], frames[b + 5]  # the last clean frame either side
+            mix = np.abs(frames[b] - (a_end + b_start) / 2).mean()
+            assert mix < 0.35 * np.abs(b_start - a_end).mean()
+        seen.add(kind)
+    assert {"fade", "dissolve"} <= seen
+
+
 def test_references_are_detected(series):
     out, _, truth = series
     for name in truth["characters"]:
