@@ -1135,7 +1135,7 @@ def _plan_series(series, episodes, characters, seconds, seed, fps, width, height
 def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int = 3, characters: int = 5,
                       seconds: float = 90.0, seed: int = 7, fps: float = 24.0, width: int = 854, height: int = 480,
                       lookalikes: int = 1, grading: float = 0.5, mean_shot_seconds: float = 3.0,
-                      cast_overlap: float = 0.6, extras: bool = True, transitions: float = 0.3) -> Path:
+                      cast_overlap: float = 0.6, extras: bool = True, transitions: float = 0.0) -> Path:
     """Render a synthetic series and its ground truth; returns <out_dir>/<series>.
 
     Writes ``<series>/episode_NN.mp4``, ``<series>/truth.json``, ``<series>/face_boxes.csv``
@@ -1157,7 +1157,7 @@ def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int 
     inside the frame; they never cross a shot boundary (a fade or dissolve of ``2 * half`` frames is
     centred on its boundary: the outgoing shot's people are on screen until it, the incoming shot's from
     it; see TRANSITION_HALF).  ``transitions`` is the share of scene changes drawn as a fade or a
-    dissolve (0 for hard cuts only).  Background people (extras, each seen in
+    dissolve (default 0, hard cuts only, so the test series stay as their floors were measured; `anitrack synth` draws 0.3).  Background people (extras, each seen in
     one shot only) are included with character ``"_extra"`` but are not in
     ``characters`` nor in ``screen_time_s``.  ``screen_time_s`` lists every named
     character (0.0 when absent from the episode) and equals the union of its appearance

@@ -93,7 +93,8 @@ def boundary_accuracy(truth: dict, shots: list[dict]) -> tuple[int, int, int]:
 def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
     src = work / f"src{minutes:g}"
     if not src.exists():
-        synthesize_series(src, series="bench", episodes=1, characters=5, seconds=minutes * 60, seed=3)
+        synthesize_series(src, series="bench", episodes=1, characters=5, seconds=minutes * 60, seed=3,
+                          transitions=0.3)
     folder = src / "bench"
     video = sorted(folder.glob("*.mp4"))[0]
     t = time.perf_counter()

@@ -21,7 +21,7 @@ def series(tmp_path_factory):
     from anitrack.synth import synthesize_series
 
     out = tmp_path_factory.mktemp("cuts")
-    folder = synthesize_series(out, series="cuts", episodes=2, characters=5, seconds=75, seed=31)
+    folder = synthesize_series(out, series="cuts", episodes=2, characters=5, seconds=75, seed=31, transitions=0.3)
     lake = out / "lake"
     run_cli("ingest", str(folder), "--lake", str(lake), "--series", "cuts", check=True, timeout=900)
     truth = json.loads((folder / "truth.json").read_text())
