@@ -429,13 +429,7 @@ def decide_boundaries(probs: np.ndarray, change: FrameChange, threshold: float =
         for c in inside:
             del found[c]
         found[at] = Boundary(at, reason, kind)
-    kept: list[Boundary] = []
-    start = 0
-    for c in sorted(found):
-        if 0 < c < n and c - start >= min_shot_frames:
-            kept.append(found[c])
-            start = c
-    return kept
+    return [found[c] for c in _enforce_min_length(list(found), min_shot_frames)]
 
 
 # --------------------------------------------------------------------------- PySceneDetect
