@@ -413,59 +413,66 @@ def _prefect_server() -> None:
 
 @app.command()
 def label(lake: str = typer.Option(...), series: str = typer.Option(...),
-          cluster: int = typer.Option(..., help="Cluster id from the characters view."),
+          cluster: Optional[int] = typer.Option(None, help="Cluster id from the characters view."),
           name: Optional[str] = typer.Option(None, help="Name every tracklet of the cluster."),
           split: Optional[str] = typer.Option(None, help="Comma-separated tracklet ids to split off."),
           merge: Optional[int] = typer.Option(None, help="Another cluster id to merge with."),
+          noise: bool = typer.Option(False, "--noise", help="The cluster is extras: on screen for nobody."),
+          undo: bool = typer.Option(False, "--undo", help="Remove the latest correction."),
           profile: str = typer.Option("offline")):
-    """Correct the current identity (name, split, merge); corrections are kept by tracklet and survive re-runs."""
-    import datetime as dt
-    import uuid
+    """Correct the current identity (name, split, merge, noise, undo); corrections are kept by tracklet and
+    survive re-runs."""
+    from anitrack import corrections
+    from anitrack.lake import LakeBusy
 
-    import pyarrow as pa
-
-    from anitrack.identify import current_run
-
-    if sum(x is not None for x in (name, split, merge)) != 1:
-        raise UsageError("give exactly one of --name, --split or --merge")
+    chosen = {"name": name is not None, "split": split is not None, "merge": merge is not None, "noise": noise}
+    if sum(chosen.values()) + undo != 1:
+        raise UsageError("give exactly one of --name, --split, --merge, --noise or --undo")
+    if not undo and cluster is None:
+        raise UsageError("--cluster is required (ids are in the characters view)")
     lk = _open_lake(lake, create=False)
-    run_ = current_run(lk, series)
-    if run_ is None:
-        raise Failure(f"series {series!r} has no identity run yet (run anitrack identify first)")
-    members = {}
-    for r in lk.read("clusters", series).to_pylist():
-        if r["run_id"] == run_["run_id"]:
-            members.setdefault(r["cluster_id"], []).append(r["tracklet_id"])
-    for c in [cluster] + ([merge] if merge is not None else []):
-        if c not in members or c < 0:
-            raise Failure(f"cluster {c} does not exist in the current run of {series} "
-                          f"(clusters: {', '.join(map(str, sorted(k for k in members if k >= 0)))})")
-    now = dt.datetime.now(dt.timezone.utc)
-    if name is not None:
-        rows = [(t, "name", name) for t in members[cluster]]
-    elif split is not None:
-        chosen = [t.strip() for t in split.split(",") if t.strip()]
-        stray = [t for t in chosen if t not in members[cluster]]
-        if not chosen or stray:
-            raise Failure(f"tracklet {stray[0] if stray else '(none)'} is not in cluster {cluster}")
-        group = uuid.uuid4().hex[:12]
-        rows = [(t, "split", group) for t in chosen]
-    else:
-        group = uuid.uuid4().hex[:12]
-        rows = [(t, "merge", group) for t in members[cluster] + members[merge]]
-    from anitrack.backfill import IDENTITY_SECTIONS, identity_config
-    from anitrack.identify import identify as identify_now
-
     config = _config([], None, profile)
-    current = identity_config(lk, series)  # re-identify as the current run was made, not with defaults
-    config.update({s: current[s] for s in IDENTITY_SECTIONS})
-    with _locked(lake, series, "label"):
-        lk.commit("labels", pa.Table.from_pylist([{"series": series, "tracklet_id": t, "action": a, "value": v,
-                                                   "created_at": now} for t, a, v in rows]),
-                  append=True, series=series)
-        _err(f"recorded {len(rows)} corrections; re-identifying {series}")
-        summary = identify_now(lk, series, config)
+    try:
+        if undo:
+            summary = corrections.undo(lk, series, config, "label")
+            if summary is None:
+                raise Failure(f"series {series!r} has no corrections to undo")
+        else:
+            kind = next(k for k, v in chosen.items() if v)
+            rows = corrections.correction_rows(lk, series, kind, cluster, name=name, other=merge,
+                                               tracklets=split.split(",") if split else None)
+            _err(f"recording {len(rows)} corrections; re-identifying {series}")
+            summary = corrections.record(lk, series, rows, config, "label")
+    except (corrections.CorrectionError, LakeBusy) as exc:
+        raise Failure(str(exc)) from None
     _identify_summary(summary)
+
+
+@app.command()
+def review(lake: str = typer.Option(..., help="Lake folder or URL."), series: str = typer.Option(...),
+           port: int = typer.Option(0, help="Port on 127.0.0.1 (0: a free one)."),
+           browser: bool = typer.Option(True, "--browser/--no-browser", help="Open the page in the browser."),
+           profile: str = typer.Option("offline"), sets: list[str] = typer.Option([], "--set"),
+           config_file: Optional[Path] = typer.Option(None, "--config")):
+    """Review and correct the series' identity in the browser (Ctrl-C stops it)."""
+    from anitrack import review as reviewing
+    from anitrack.corrections import CorrectionError
+
+    lk = _open_lake(lake, create=False)
+    config = _config(sets, config_file, profile)
+    try:
+        reviewing.check_reviewable(lk, series)
+    except CorrectionError as exc:
+        raise Failure(str(exc)) from None
+
+    def announce(url: str) -> None:
+        _err(f"reviewing {series} at {url}  (Ctrl-C stops)")
+        if browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    reviewing.serve(lk, series, config, port=port, announce=announce)
 
 
 @app.command()
@@ -772,6 +779,7 @@ def demo(out: Path = typer.Option(Path("demo"), help="Folder for the synthetic s
 
     page = write_report(_open_lake(lake), "demo", out / "report")
     print(f"lake: {lake}  (try: anitrack sql --lake {lake} \"SELECT * FROM screen_time\")")
+    print(f"correct it in the browser: anitrack review --lake {lake} --series demo")
     print(f"report: {page}")
 
 

@@ -129,6 +129,28 @@ def embedder_config(config: dict, data: dict) -> dict:
     return out
 
 
+def series_references(lake: Lake, series: str, corrections: list[dict], config: dict) -> list[dict]:
+    """Reference rows for the crops a user added to the gallery from the series itself (few-shot naming).
+
+    Embedded as tracklet crops are (the stored face box), so they describe the same region."""
+    from anitrack import crops as cropping
+    from anitrack.embed import make_embedder
+
+    chosen = {r["crop_id"]: r["value"] for r in sorted(corrections, key=lambda r: r["created_at"])
+              if r["action"] == "reference" and r["crop_id"]}
+    if not chosen:
+        return []
+    rows = [r for r in lake.read("crops", series).to_pylist() if r["crop_id"] in chosen]
+    embedder = make_embedder(config)
+    out = []
+    for r in rows:
+        face = None if r["face_x1"] is None else np.array([r["face_x1"], r["face_y1"], r["face_x2"], r["face_y2"]])
+        vec = embedder.embed([cropping.decode(r["image"])], [face])[0]
+        out.append({"character": chosen[r["crop_id"]], "image_id": f"{series}/{r['crop_id']}",
+                    "model": embedder.model_id, "vector": vec.tolist()})
+    return out
+
+
 def reference_crop(rgb: np.ndarray, finder, config: dict) -> tuple[np.ndarray, np.ndarray | None]:
     """A reference image cut as tracklet crops are: face-anchored, re-encoded in the crop format; the
     whole image (face None) when no face is found or no finder is given."""
@@ -180,30 +202,55 @@ def current_run(lake: Lake, series: str) -> dict | None:
     return max(runs, key=lambda r: (r["created_at"], r["run_id"])) if runs else None
 
 
-# -- corrections -------------------------------------------------------------------
+# -- corrections (rows written by anitrack.corrections) ------------------------------
 def apply_corrections(labels: np.ndarray, ids: list[str], corrections: list[dict]) -> np.ndarray:
-    """Splits and merges recorded by ``anitrack label``, keyed by tracklets so they survive re-clustering."""
+    """Splits, then merges, then noise, keyed by tracklets so they survive re-clustering.
+
+    Per tracklet the latest correction of each kind counts, and a later one overrides an earlier one of
+    another kind: a split undoes an earlier merge for the tracklets it takes out, a split or merge (a
+    move) takes a tracklet out of the noise.
+    """
     labels = labels.copy()
     index = {t: i for i, t in enumerate(ids)}
-    latest: dict[tuple[str, str], str] = {}
-    for row in sorted(corrections, key=lambda r: r["created_at"]):
-        latest[(row["tracklet_id"], row["action"])] = row["value"]
+    latest = latest_by_tracklet(corrections)
+    when = lambda tid, action: latest[(tid, action)][1] if (tid, action) in latest else None  # noqa: E731
     next_id = int(labels.max()) + 1 if len(labels) else 0
     groups = defaultdict(list)
-    for (tid, action), value in latest.items():
+    for (tid, action), (value, _) in latest.items():
         if tid in index and action == "split":
             groups[value].append(index[tid])
     for members in groups.values():  # a split group becomes its own cluster
         labels[members] = next_id
         next_id += 1
     merges = defaultdict(set)
-    for (tid, action), value in latest.items():
-        if tid in index and action == "merge" and labels[index[tid]] >= 0:
+    for (tid, action), (value, at) in latest.items():
+        split_at = when(tid, "split")
+        if tid in index and action == "merge" and labels[index[tid]] >= 0 and (split_at is None or at >= split_at):
             merges[value].add(int(labels[index[tid]]))
     for clusters in merges.values():  # clusters holding one merge group become one
-        target = min(clusters)
-        labels[np.isin(labels, list(clusters))] = target
+        labels[np.isin(labels, list(clusters))] = min(clusters)
+    labels[noise_mask(ids, corrections)] = -1
     return labels
+
+
+def latest_by_tracklet(corrections: list[dict]) -> dict[tuple[str, str], tuple[str, object]]:
+    """(tracklet, action) -> (value, created_at) of its latest correction of that kind."""
+    latest: dict[tuple[str, str], tuple[str, object]] = {}
+    for row in sorted(corrections, key=lambda r: r["created_at"]):
+        latest[(row["tracklet_id"], row["action"])] = (row["value"], row["created_at"])
+    return latest
+
+
+def noise_mask(ids: list[str], corrections: list[dict]) -> np.ndarray:
+    """Tracklets a user marked as extras (and did not move since): they stay out of every cluster, and
+    naming does not place them."""
+    latest = latest_by_tracklet(corrections)
+    marked = set()
+    for (t, action), (value, at) in latest.items():
+        later = [latest[(t, a)][1] for a in ("split", "merge") if (t, a) in latest]
+        if action == "noise" and value == "1" and all(at > x for x in later):
+            marked.add(t)
+    return np.array([t in marked for t in ids], dtype=bool)
 
 
 # -- CCIP space -------------------------------------------------------------------------
@@ -309,6 +356,8 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
                                 f"{data['model']!r}; run with the same --profile")
     else:
         ref_rows = [r for r in lake.read("references", series).to_pylist() if r["model"] == data["model"]]
+    corrections = lake.read("labels", series).to_pylist()
+    ref_rows = ref_rows + series_references(lake, series, corrections, embedder_config(config, data))
     ref_dims = {len(r["vector"]) for r in ref_rows}
     if ref_dims and ref_dims != {data["vectors"].shape[1]}:
         raise IdentifyError(f"reference vectors have dimension {sorted(ref_dims)}, the model "
@@ -357,12 +406,11 @@ def identify(lake: Lake, series: str, config: dict, references: str | Path | Non
         labels = identity.cluster_tracklets(data["vectors"], data["episodes"], data["starts"], data["ends"], params)
     if embedder is not None:
         labels = ccip_merge_clusters(labels, data, embedder)
-    corrections = lake.read("labels", series).to_pylist()
     labels = apply_corrections(labels, data["ids"], corrections)
 
-    characters, registry, labels, rescued = _name(lake, series, data, labels, ref_rows, corrections, cal, space,
-                                                  config)
-    tables = _tables(series, run_id, data, labels, characters, rescued)
+    characters, registry, labels, rescued, verdicts = _name(lake, series, data, labels, ref_rows, corrections,
+                                                            cal, space, config)
+    tables = _tables(series, run_id, data, labels, characters, rescued, verdicts)
     data["characters"] = characters
     if truth is not None:
         cols = ["episode", "frame", "x1", "y1", "x2", "y2", "tracklet_id"]
@@ -479,7 +527,8 @@ def _verdicts(data, ref_rows, cal, space) -> "calibration.Verdicts":
 
 def _name(lake, series, data, labels, ref_rows, corrections, cal, space, config):
     """Name clusters by their members' verdicts (see ``anitrack.naming``); returns the characters rows,
-    the unknown registry, the final labels and the mask of tracklets placed by their own verdict."""
+    the unknown registry, the final labels, the mask of tracklets placed by their own verdict and the
+    verdicts."""
     ids = data["ids"]
     touched = {r["tracklet_id"] for r in corrections}
     frozen = {int(k) for k, t in zip(labels, ids) if t in touched and k >= 0}
@@ -489,6 +538,7 @@ def _name(lake, series, data, labels, ref_rows, corrections, cal, space, config)
     labels, namings, placed = naming.name_clusters(
         data["vectors"], labels, verdicts, cal.threshold_of, data["episodes"], data["starts"], data["ends"], frozen,
         agreement=name["agreement"], rescue=name["rescue"], genuine_low=low,
+        keep_out=noise_mask(ids, corrections),
         min_cluster_size=config["cluster"]["min_cluster_size"])
     cids, _, best = _best_members(data["vectors"], labels)
     named_by = {}
@@ -516,7 +566,7 @@ def _name(lake, series, data, labels, ref_rows, corrections, cal, space, config)
                     "similarity": None if np.isnan(n.similarity) else float(n.similarity),
                     "confidence": confidence, "margin": float(n.margin), "threshold": float(cal.threshold_of(n.closest)),
                     "n_passed": int(n.n_passed), "n_tracklets": len(members[int(k)]), "best_tracklet_id": ids[b]})
-    return out, registry, labels, placed
+    return out, registry, labels, placed, verdicts
 
 
 def _best_members(vectors, labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -529,11 +579,14 @@ def _best_members(vectors, labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
     return cids, cvecs, best
 
 
-def _tables(series, run_id, data, labels, characters, rescued):
+def _tables(series, run_id, data, labels, characters, rescued, verdicts):
     name_of = {c["cluster_id"]: c["character"] for c in characters}
     base = {"series": series, "run_id": run_id}
+    finite = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731 (one reference: no runner-up)
     clusters = [{**base, "episode": r["episode"], "tracklet_id": r["tracklet_id"], "cluster_id": int(k),
-                 "rescued": bool(x)} for r, k, x in zip(data["rows"], labels, rescued)]
+                 "rescued": bool(x), "best": str(verdicts.best[i]) or None, "score": finite(verdicts.score[i]),
+                 "lead": finite(verdicts.margin[i]), "passed": bool(verdicts.passed[i])}
+                for i, (r, k, x) in enumerate(zip(data["rows"], labels, rescued))]
     appearances = [{**base, "episode": r["episode"], "character": name_of[int(k)], "cluster_id": int(k),
                     "tracklet_id": r["tracklet_id"], "start_s": r["start_s"], "end_s": r["end_s"]}
                    for r, k in zip(data["rows"], labels) if k >= 0]
@@ -653,4 +706,4 @@ def _refine_by_boxes(out: dict, data, face_boxes: Path) -> None:
             out[tid] = counter.most_common(1)[0][0]
 
 
-__all__ = ["IdentifyError", "identify", "embed_gallery", "apply_corrections"]
+__all__ = ["IdentifyError", "identify", "embed_gallery"]

@@ -67,12 +67,13 @@ def _split_loose(x: np.ndarray, labels: np.ndarray, frozen: set[int], low: float
 
 def name_clusters(x: np.ndarray, labels: np.ndarray, verdicts: Verdicts, threshold_of, episodes, starts, ends,
                   frozen: set[int], agreement: float = 0.5, rescue: bool = True, genuine_low: float | None = None,
-                  min_cluster_size: int = 3) -> tuple[np.ndarray, dict[int, ClusterName], np.ndarray]:
+                  min_cluster_size: int = 3, keep_out: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, dict[int, ClusterName], np.ndarray]:
     """Final labels, a :class:`ClusterName` per cluster, and the mask of tracklets placed by their own verdict.
 
     ``x``: unit vectors in the run's cluster view (for the collapse split); ``threshold_of``: a
     character's calibrated threshold; ``frozen``: cluster ids a user corrected (neither split nor
-    emptied).
+    emptied); ``keep_out``: tracklets a user marked as extras (never placed by their verdict).
     """
     labels = _split_loose(x, np.asarray(labels, np.int64), frozen, genuine_low, min_cluster_size)
     names: dict[int, str | None] = {}
@@ -94,7 +95,7 @@ def name_clusters(x: np.ndarray, labels: np.ndarray, verdicts: Verdicts, thresho
     out = labels.copy()
     out[leaving] = -1
     if rescue:
-        out, placed = _place_by_verdict(out, verdicts, names, episodes, starts, ends)
+        out, placed = _place_by_verdict(out, verdicts, names, episodes, starts, ends, keep_out)
     alike = {k: n for k, n in names.items() if n is not None and k not in frozen and np.any(out == k)}
     out = merge_same_name(out, episodes, starts, ends, alike)
     result = {k: _describe(k, names.get(k), np.flatnonzero(out == k), verdicts, threshold_of)
@@ -102,7 +103,8 @@ def name_clusters(x: np.ndarray, labels: np.ndarray, verdicts: Verdicts, thresho
     return out, result, placed
 
 
-def _place_by_verdict(labels, verdicts: Verdicts, names: dict[int, str | None], episodes, starts, ends):
+def _place_by_verdict(labels, verdicts: Verdicts, names: dict[int, str | None], episodes, starts, ends,
+                      keep_out: np.ndarray | None = None):
     """Noise tracklets that pass the test join their character's largest cluster (or a new one)."""
     labels = labels.copy()
     placed = np.zeros(len(labels), bool)
@@ -114,7 +116,8 @@ def _place_by_verdict(labels, verdicts: Verdicts, names: dict[int, str | None], 
         if n is not None and sizes.get(k, 0):
             target.setdefault(n, k)
     nxt = int(labels.max(initial=-1)) + 1
-    for i in sorted(np.flatnonzero((labels == -1) & verdicts.passed), key=lambda i: -verdicts.score[i]):
+    free = (labels == -1) & verdicts.passed & (True if keep_out is None else ~keep_out)
+    for i in sorted(np.flatnonzero(free), key=lambda i: -verdicts.score[i]):
         char = str(verdicts.best[i])
         for k in [target.get(char)] + [c for c, n in names.items() if n == char and c != target.get(char)]:
             if k is None:

@@ -121,6 +121,10 @@ CLUSTERS = pa.schema([
     pa.field("tracklet_id", pa.string(), nullable=False),
     pa.field("cluster_id", pa.int64(), nullable=False),  # -1: noise (extras, background people)
     pa.field("rescued", pa.bool_()),  # a noise tracklet named from the gallery alone (name.rescue_margin)
+    # the tracklet's own naming verdict: its closest reference character, the score and the lead over the
+    # runner-up in the run's naming view, and whether it passed the calibrated test on its own
+    pa.field("best", pa.string()), pa.field("score", pa.float64()), pa.field("lead", pa.float64()),
+    pa.field("passed", pa.bool_()),
 ])
 
 CHARACTERS = pa.schema([
@@ -203,9 +207,10 @@ IDENTITY_SPACES = pa.schema([
 LABELS = pa.schema([
     pa.field("series", pa.string(), nullable=False),
     pa.field("tracklet_id", pa.string(), nullable=False),
-    pa.field("action", pa.string(), nullable=False),  # "name" | "split" | "merge"
-    pa.field("value", pa.string(), nullable=False),  # the name, or the split / merge group
-    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    pa.field("action", pa.string(), nullable=False),  # "name" | "split" | "merge" | "noise" | "reference"
+    pa.field("value", pa.string(), nullable=False),  # the name, the split / merge group, "1" for noise
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),  # one correction's rows share it (undo)
+    pa.field("crop_id", pa.string()),  # reference: the crop that joins the gallery
 ])
 
 UNKNOWN_REGISTRY = pa.schema([

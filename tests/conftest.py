@@ -22,6 +22,14 @@ def real_clip(name: str) -> Path:
     return path
 
 
+def chromium() -> str:
+    """The system Chromium the browser tests drive (skips where it is missing)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
+    return path
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run the real ``anitrack`` command line in a child process."""
@@ -73,6 +81,25 @@ def identified_lake(ingested_lake, synth_series, tmp_path_factory) -> Path:
     run_cli("identify", "--lake", str(lake), "--series", "mini", "--references",
             str(synth_series.parent / "references"), "--truth", str(synth_series / "truth.json"), check=True)
     return lake
+
+
+@pytest.fixture(scope="session")
+def cast_series(tmp_path_factory):
+    """4 episodes, 6 characters including a look-alike pair, with a reference gallery."""
+    from anitrack.synth import synthesize_series
+
+    out = tmp_path_factory.mktemp("idsynth")
+    return synthesize_series(out, series="cast", episodes=4, characters=6, seconds=20, seed=5, lookalikes=1)
+
+
+@pytest.fixture(scope="session")
+def cast_identified(cast_series, tmp_path_factory):
+    """The cast series run end to end with its gallery and truth: (lake, the run's process); tests only read it."""
+    lake = tmp_path_factory.mktemp("idlake") / "lake"
+    proc = run_cli("run", str(cast_series), "--lake", str(lake), "--series", "cast",
+                   "--references", str(cast_series.parent / "references"), "--truth",
+                   str(cast_series / "truth.json"), check=True)
+    return lake, proc
 
 
 @pytest.fixture(scope="session")

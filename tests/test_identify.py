@@ -24,22 +24,13 @@ def q(lake, sql):
 
 
 @pytest.fixture(scope="module")
-def series(tmp_path_factory):
-    """4 episodes, 6 characters including a look-alike pair, with a reference gallery."""
-    from anitrack.synth import synthesize_series
-
-    out = tmp_path_factory.mktemp("idsynth")
-    folder = synthesize_series(out, series="cast", episodes=4, characters=6, seconds=20, seed=5, lookalikes=1)
-    return folder
+def series(cast_series):
+    return cast_series
 
 
 @pytest.fixture(scope="module")
-def identified(series, tmp_path_factory):
-    lake = tmp_path_factory.mktemp("idlake") / "lake"
-    proc = run_cli("run", str(series), "--lake", str(lake), "--series", "cast",
-                   "--references", str(series.parent / "references"), "--truth", str(series / "truth.json"),
-                   check=True)
-    return lake, proc
+def identified(cast_identified):
+    return cast_identified
 
 
 def metric(lake, name):

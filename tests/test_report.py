@@ -5,7 +5,6 @@ import base64
 import html
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import copy_lake, run_cli
+from tests.conftest import chromium, copy_lake, run_cli
 
 pytestmark = pytest.mark.slow  # runs the pipeline over video
 
@@ -120,13 +119,6 @@ window.addEventListener('load', () => {
   document.body.appendChild(probe);
 });
 </script>"""
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
-    return path
 
 
 def test_report_renders_in_a_headless_browser(report, tmp_path):

@@ -1,0 +1,127 @@
+"""A user's corrections to a series' identity, as rows of the ``labels`` table.
+
+One home for what ``anitrack label`` and the review app write: every correction is checked
+against the identity run the user looked at, recorded by tracklet (so it survives
+re-clustering), and followed by a re-identification made as the current run was made.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pyarrow as pa
+
+from anitrack.identify import current_run, identify
+from anitrack.lake import Lake
+from schemas.tables import LABELS
+
+KINDS = ("name", "merge", "split", "noise", "move", "reference")
+
+
+class CorrectionError(ValueError):
+    """A correction that cannot apply to the current run (unknown cluster, foreign tracklet)."""
+
+
+class StaleRun(CorrectionError):
+    """The identity run changed since the user looked at it; nothing was written."""
+
+
+def current_members(lake: Lake, series: str) -> tuple[str, dict[int, list[str]]]:
+    """The current run's id and its clusters' tracklets (cluster -1 holds the noise)."""
+    run = current_run(lake, series)
+    if run is None:
+        raise CorrectionError(f"series {series!r} has no identity run yet (run anitrack identify first)")
+    members: dict[int, list[str]] = {}
+    for r in lake.read("clusters", series, columns=["run_id", "cluster_id", "tracklet_id"]).to_pylist():
+        if r["run_id"] == run["run_id"]:
+            members.setdefault(r["cluster_id"], []).append(r["tracklet_id"])
+    return run["run_id"], members
+
+
+def correction_rows(lake: Lake, series: str, kind: str, cluster: int, *, name: str | None = None,
+                    tracklets: list[str] | None = None, other: int | None = None,
+                    crops: list[str] | None = None, run_id: str | None = None) -> list[dict]:
+    """The ``labels`` rows of one correction; all share one ``created_at`` so undo removes them together.
+
+    name: every tracklet of ``cluster`` gets ``name``; merge: ``cluster`` and ``other`` become one;
+    split: ``tracklets`` leave ``cluster`` as a cluster of their own; noise: ``tracklets`` (default:
+    all of ``cluster``) are extras, on screen for nobody; move: ``tracklets`` leave ``cluster`` for
+    ``other``; reference: ``crops`` of ``cluster`` join the reference gallery as images of ``name``.
+    ``run_id``: the run the user looked at; another current run raises :class:`StaleRun`.
+    """
+    if kind not in KINDS:
+        raise CorrectionError(f"unknown correction {kind!r} (one of {', '.join(KINDS)})")
+    current, members = current_members(lake, series)
+    if run_id is not None and run_id != current:
+        raise StaleRun(f"the identity of {series} changed (run {run_id} is no longer current, {current} is); "
+                       "reload and correct again")
+    named = sorted(k for k in members if k >= 0)
+    for c in [cluster] + ([other] if kind in ("merge", "move") else []):
+        if c is None or c < 0 or c not in members:
+            raise CorrectionError(f"cluster {c} does not exist in the current run of {series} "
+                                  f"(clusters: {', '.join(map(str, named))})")
+    if kind in ("merge", "move") and other == cluster:
+        raise CorrectionError(f"cluster {cluster} cannot be merged with or moved to itself")
+    if kind in ("name", "reference") and not (name or "").strip():
+        raise CorrectionError(f"a {kind} correction needs a character name")
+    chosen = list(dict.fromkeys(t.strip() for t in (tracklets or []) if t.strip()))
+    stray = [t for t in chosen if t not in members[cluster]]
+    if stray:
+        raise CorrectionError(f"tracklet {stray[0]} is not in cluster {cluster}")
+    if kind in ("split", "move") and not chosen:
+        raise CorrectionError(f"a {kind} needs the tracklets to take out of cluster {cluster}")
+    group = uuid.uuid4().hex[:12]
+    if kind == "name":
+        rows = [(t, "name", name.strip(), None) for t in members[cluster]]
+    elif kind == "merge":
+        rows = [(t, "merge", group, None) for t in members[cluster] + members[other]]
+    elif kind == "split":
+        rows = [(t, "split", group, None) for t in chosen]
+    elif kind == "noise":
+        rows = [(t, "noise", "1", None) for t in chosen or members[cluster]]
+    elif kind == "move":  # out of their cluster, then into the other one (splits apply before merges)
+        rows = [(t, "split", group, None) for t in chosen]
+        rows += [(t, "merge", group + "m", None) for t in chosen + members[other]]
+    else:
+        rows = _reference_rows(lake, series, members[cluster], crops or [], name.strip())
+    now = dt.datetime.now(dt.timezone.utc)
+    return [{"series": series, "tracklet_id": t, "action": a, "value": v, "crop_id": c, "created_at": now}
+            for t, a, v, c in rows]
+
+
+def _reference_rows(lake: Lake, series: str, tracklets: list[str], crops: list[str], name: str) -> list[tuple]:
+    if not crops:
+        raise CorrectionError("choose the crops to add to the reference gallery")
+    owner = {r["crop_id"]: r["tracklet_id"] for r in
+             lake.read("crops", series, columns=["crop_id", "tracklet_id"]).to_pylist() if r["crop_id"] in crops}
+    for c in crops:
+        if owner.get(c) not in tracklets:
+            raise CorrectionError(f"crop {c} is not one of this cluster's crops")
+    return [(owner[c], "reference", name, c) for c in crops]
+
+
+def record(lake: Lake, series: str, rows: list[dict], config: dict, owner: str) -> dict:
+    """Append the rows and re-identify under the series lock; returns the identity summary."""
+    with lake.lock(series, owner):
+        lake.commit("labels", pa.Table.from_pylist(rows, schema=LABELS), append=True, series=series)
+        return identify(lake, series, reidentify_config(lake, series, config))
+
+
+def undo(lake: Lake, series: str, config: dict, owner: str) -> dict | None:
+    """Remove the latest correction (all rows of its ``created_at``) and re-identify; None: nothing to undo."""
+    with lake.lock(series, owner):
+        rows = lake.read("labels", series).to_pylist()
+        if not rows:
+            return None
+        last = max(r["created_at"] for r in rows)
+        kept = [r for r in rows if r["created_at"] != last]
+        lake.commit("labels", pa.Table.from_pylist(kept, schema=LABELS), series=series)
+        return identify(lake, series, reidentify_config(lake, series, config))
+
+
+def reidentify_config(lake: Lake, series: str, config: dict) -> dict:
+    """``config`` with the cluster and name parameters of the current run (re-run as it was made)."""
+    from anitrack.backfill import IDENTITY_SECTIONS, identity_config
+
+    current = identity_config(lake, series)
+    return {**config, **{s: current[s] for s in IDENTITY_SECTIONS}}

@@ -1,0 +1,520 @@
+"""Review and correct a series' identity in the browser: a local FastAPI app over the lake.
+
+Pages are rendered on the server from the lake (crops from the ``crops`` table, local or
+``s3://``); each correction is one click that writes the ``labels`` table through
+:mod:`anitrack.corrections` and re-identifies. Safe by default: it binds the loopback
+interface, every request carries the token minted at start (query, cookie or header), the
+Host header must name the loopback, and writes take the series lock.
+"""
+from __future__ import annotations
+
+import html
+import json
+import secrets
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from anitrack import corrections
+from anitrack.intervals import union_length
+from anitrack.lake import Lake, LakeBusy
+
+LOOPBACK = ("127.0.0.1", "localhost")
+STRIP = 6  # crops on a character card
+
+
+@dataclass
+class Card:
+    """One cluster of the current run as the characters page shows it."""
+    cluster_id: int
+    character: str
+    source: str
+    named: bool
+    closest: str | None
+    similarity: float | None
+    margin: float | None
+    threshold: float | None
+    confidence: float | None
+    seconds: float
+    tracklets: list[str]
+    episodes: int
+    crops: list[str] = field(default_factory=list)
+
+    priority: float = 0.0  # seconds on screen a correction would likely move (``Review.priority``)
+
+
+class Review:
+    """The current identity run of one series, read from the lake (reloaded after every correction)."""
+
+    def __init__(self, lake: Lake, series: str):
+        self.lake, self.series = lake, series
+        self.crop_rows = lake.read("crops", series, columns=["episode", "tracklet_id", "crop_id", "t_s",
+                                                            "face_score"]).to_pylist()
+        self.crop_episode = {r["crop_id"]: r["episode"] for r in self.crop_rows}
+        self.crops_of = defaultdict(list)
+        for r in sorted(self.crop_rows, key=lambda r: r["t_s"]):
+            self.crops_of[r["tracklet_id"]].append(r)
+        self.tracklets = {r["tracklet_id"]: r for r in lake.read("tracklets", series).to_pylist()}
+        self.shots = defaultdict(list)
+        for r in lake.read("shots", series, columns=["episode", "start_s"]).to_pylist():
+            self.shots[r["episode"]].append(r["start_s"])
+        self.durations = {r["episode"]: r["duration_s"] or 0.0 for r in lake.read("episodes", series).to_pylist()}
+        self._images: dict[str, dict[str, tuple[str, bytes]]] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        from anitrack.identify import current_run
+
+        self.run_id, self.members = corrections.current_members(self.lake, self.series)
+        run = self.run_id
+        self.run = current_run(self.lake, self.series)
+        self.verdicts = defaultdict(list)  # cluster -> its tracklets' own verdicts (best, score, lead)
+        self.verdict_of = {}
+        for r in self.lake.read("clusters", self.series).to_pylist():
+            if r["run_id"] == run and r["cluster_id"] >= 0:
+                self.verdicts[r["cluster_id"]].append([r["best"], r["score"], r["lead"]])
+                self.verdict_of[r["tracklet_id"]] = r
+        chars = [r for r in self.lake.read("characters", self.series).to_pylist() if r["run_id"] == run]
+        self.appearances = [r for r in self.lake.read("appearances", self.series).to_pylist() if r["run_id"] == run]
+        spans = defaultdict(list)
+        for a in self.appearances:
+            spans[(a["cluster_id"], a["episode"])].append((a["start_s"], a["end_s"]))
+        seconds = defaultdict(float)
+        for (k, _), s in spans.items():
+            seconds[k] += union_length(s)
+        self.cards = {}
+        for c in chars:
+            k = c["cluster_id"]
+            tids = self.members.get(k, [])
+            self.cards[k] = Card(k, c["character"], c["source"], c["named"], c["closest"], c["similarity"],
+                                 c["margin"], c["threshold"], c["confidence"], seconds[k], tids,
+                                 len({self.tracklets[t]["episode"] for t in tids if t in self.tracklets}),
+                                 self._strip(tids, c["best_tracklet_id"]))
+            self.cards[k].priority = self.priority(self.cards[k])
+        gallery = {r["character"] for r in self.lake.read("references", self.series, columns=["character"]).to_pylist()}
+        chosen = {r["value"] for r in self.lake.read("labels", self.series, columns=["action", "value"]).to_pylist()
+                  if r["action"] in ("name", "reference")}
+        self.names = sorted(gallery | chosen | {c.character for c in self.cards.values() if c.named})
+
+    def priority(self, card: Card) -> float:
+        """Seconds on screen a correction would likely move.
+
+        A user's label: none. An unknown cluster: all its time (naming it credits it). A reference name:
+        its time times the cluster's doubt (its backing share falls short of 1, its median lead over the
+        runner-up under 0.1), plus the time of tracklets whose own verdict points at another character.
+        Mistakes the embedding makes with confidence show in none of these; they rank by screen time.
+        """
+        if card.source == "label":
+            return 0.0
+        if not card.named:
+            return card.seconds
+        lead = min(max((card.margin or 0.0) / 0.1, 0.0), 1.0)
+        doubt = 1.0 - (card.confidence or 0.0) * (0.5 + 0.5 * lead)
+        against = 0.0
+        for t in card.tracklets:
+            row, verdict = self.tracklets.get(t), self.verdict_of.get(t) or {}
+            if row and verdict.get("best") not in (None, card.character):
+                against += row["end_s"] - row["start_s"]
+        return card.seconds * doubt + against
+
+    def _strip(self, tids: list[str], best: str | None) -> list[str]:
+        """The best crops of a cluster: its best tracklet's sharpest face first, then one per tracklet."""
+        ranked = sorted(tids, key=lambda t: (t != best, -len(self.crops_of[t]), t))
+        picks = [max(self.crops_of[t], key=lambda r: r["face_score"] or 0.0)["crop_id"]
+                 for t in ranked if self.crops_of[t]]
+        return picks[:STRIP]
+
+    def order(self) -> list[Card]:
+        """Cards by what a correction would change most: screen time of uncertain clusters first."""
+        return sorted(self.cards.values(), key=lambda c: (-c.priority, -c.seconds, c.cluster_id))
+
+    def image(self, crop_id: str) -> tuple[str, bytes] | None:
+        episode = self.crop_episode.get(crop_id)
+        if episode is None:
+            return None
+        if episode not in self._images:
+            table = self.lake.read("crops", self.series, episode=episode,
+                                   columns=["crop_id", "image_format", "image"]).to_pylist()
+            self._images[episode] = {r["crop_id"]: (r["image_format"] or "jpeg", r["image"]) for r in table}
+        return self._images[episode].get(crop_id)
+
+
+# -- pages -------------------------------------------------------------------------
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+STYLE = """
+body{font:14px system-ui,sans-serif;margin:0;background:#f6f6f8;color:#222}
+header{background:#24243a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center}
+header a{color:#cfd3ff} #status{margin-left:auto;font-weight:600}
+main{padding:12px 16px} .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:12px}
+.card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px #0002}
+.card h3{margin:0 0 4px} .tag{font-size:11px;padding:1px 6px;border-radius:8px;background:#ddd}
+.tag.unknown{background:#ffd9a8} .tag.label{background:#b8f0c0} .tag.reference{background:#cfe0ff}
+.strip img,.crops img{height:72px;margin:2px;border:3px solid transparent;border-radius:4px}
+.crops img.chosen{border-color:#e33} .meta{color:#555;font-size:12px;margin:2px 0}
+.actions{display:flex;flex-wrap:wrap;gap:4px;margin-top:6px} button{cursor:pointer}
+.tracklet{background:#fff;border-radius:6px;padding:6px;margin:6px 0}
+.tracklet.picked{outline:2px solid #e33} h2{margin:14px 0 6px}
+"""
+
+SCRIPT = """
+const TOKEN=document.querySelector('meta[name=token]').content, RUN=document.querySelector('meta[name=run]').content;
+const say=(m)=>{document.getElementById('status').textContent=m};
+const was=sessionStorage.getItem('anitrack-status'); if(was){say(was);sessionStorage.removeItem('anitrack-status')}
+async function send(path, body){
+  document.querySelectorAll('button').forEach(b=>b.disabled=true); say('re-identifying…');
+  const r=await fetch(path,{method:'POST',headers:{'Content-Type':'application/json','X-Review-Token':TOKEN},
+                            body:JSON.stringify(Object.assign({run_id:RUN},body))});
+  const j=await r.json();
+  if(!r.ok){say(j.error); if(r.status===409){setTimeout(()=>location.reload(),1500)}
+            else{document.querySelectorAll('button').forEach(b=>b.disabled=false)} return}
+  sessionStorage.setItem('anitrack-status', j.message); location.reload();
+}
+function correct(kind, cluster, extra){return send('/api/correct', Object.assign({kind, cluster}, extra||{}))}
+function picked(){return [...document.querySelectorAll('.pick:checked')].map(x=>x.value)}
+function chosenCrops(){return [...document.querySelectorAll('.crops img.chosen')].map(x=>x.dataset.crop)}
+document.querySelectorAll('.crops img').forEach(i=>i.onclick=()=>i.classList.toggle('chosen'));
+document.querySelectorAll('.pick').forEach(c=>c.onchange=()=>c.closest('.tracklet').classList.toggle('picked',c.checked));
+"""
+
+
+def _page(title: str, body: str, review: Review, token: str) -> str:
+    names = "".join(f"<option value='{_e(n)}'>" for n in review.names)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title>"
+            f"<meta name=token content='{_e(token)}'><meta name=run content='{_e(review.run_id)}'>"
+            f"<style>{STYLE}</style></head><body><header><b>anitrack review · {_e(review.series)}</b>"
+            f"<a href='/'>Characters</a><a href='/timeline'>Timeline</a><a href='/thresholds'>Thresholds</a>"
+            f"<button onclick=\"send('/api/undo',{{}})\" id=undo>Undo last correction</button>"
+            f"<span>run {_e(review.run_id)}</span><span id=status></span></header><main>{body}</main>"
+            f"<datalist id=names>{names}</datalist><script>{SCRIPT}</script></body></html>")
+
+
+def _img(crop_id: str, cls: str = "") -> str:
+    return f"<img src='/crop/{_e(crop_id)}' data-crop='{_e(crop_id)}' alt='crop {_e(crop_id)}' {cls}>"
+
+
+def characters_page(review: Review, token: str) -> str:
+    cards = []
+    others = review.order()
+    for c in others:
+        k = c.cluster_id
+        options = "".join(f"<option value={o.cluster_id}>{_e(o.character)} (#{o.cluster_id})</option>"
+                          for o in others if o.cluster_id != k)
+        cards.append(
+            f"<div class=card data-cluster={k} data-priority='{c.priority:.3f}'>"
+            f"<h3><a href='/cluster/{k}'>{_e(c.character)}</a> <span class='tag {_e(c.source)}'>{_e(c.source)}</span>"
+            f" <small>#{k}</small></h3>"
+            f"<div class=meta>similarity {_num(c.similarity)} · margin {_num(c.margin)} · threshold "
+            f"{_num(c.threshold)} · backing {_num(c.confidence)}</div>"
+            f"<div class=meta><b>{c.seconds:.1f} s</b> on screen ({c.priority:.1f} s in doubt) · "
+            f"{len(c.tracklets)} tracklets · {c.episodes} "
+            f"episodes · closest reference: {_e(c.closest or '–')}</div>"
+            f"<div class=strip>{''.join(_img(x) for x in c.crops)}</div>"
+            f"<div class=actions><input list=names class=name-input placeholder='character name' size=14>"
+            f"<button class=do-name onclick=\"correct('name',{k},{{name:this.previousElementSibling.value}})\">"
+            f"Name</button><select class=merge-target>{options}</select>"
+            f"<button class=do-merge onclick=\"correct('merge',{k},{{other:+this.previousElementSibling.value}})\">"
+            f"Merge</button><button class=do-noise onclick=\"correct('noise',{k})\">Noise</button></div></div>")
+    body = (f"<p>{len(cards)} clusters, most screen time in doubt first. Click a name to see its tracklets."
+            f"</p><div class=cards>{''.join(cards)}</div>")
+    return _page("Characters", body, review, token)
+
+
+def cluster_page(review: Review, k: int, token: str) -> str:
+    c = review.cards[k]
+    groups = defaultdict(list)
+    for t in c.tracklets:
+        row = review.tracklets.get(t, {"episode": t.split(":")[0], "shot_id": -1, "start_s": 0.0, "end_s": 0.0})
+        groups[(row["episode"], row["shot_id"])].append((row, t))
+    blocks = []
+    for (episode, shot), items in sorted(groups.items()):
+        blocks.append(f"<h2>{_e(episode)} · shot {shot}</h2>")
+        for row, t in sorted(items, key=lambda x: x[0]["start_s"]):
+            crops = "".join(_img(r["crop_id"], f"title='{r['t_s']:.1f} s'") for r in review.crops_of[t])
+            blocks.append(f"<div class=tracklet data-tracklet='{_e(t)}'><label><input type=checkbox class=pick "
+                          f"value='{_e(t)}'> {_e(t)} · {row['start_s']:.1f}–{row['end_s']:.1f} s</label>"
+                          f"<div class=crops>{crops}</div></div>")
+    options = "".join(f"<option value={o.cluster_id}>{_e(o.character)} (#{o.cluster_id})</option>"
+                      for o in review.order() if o.cluster_id != k)
+    body = (f"<h1>{_e(c.character)} <small>#{k} · {c.seconds:.1f} s · {len(c.tracklets)} tracklets</small></h1>"
+            f"<p>Tick tracklets, or click crops to choose them.</p><div class=actions>"
+            f"<button id=do-split onclick=\"correct('split',{k},{{tracklets:picked()}})\">Split ticked off</button>"
+            f"<button id=do-noise onclick=\"correct('noise',{k},{{tracklets:picked()}})\">Ticked are noise</button>"
+            f"<select id=move-target>{options}</select><button id=do-move onclick=\"correct('move',{k},"
+            f"{{tracklets:picked(),other:+document.getElementById('move-target').value}})\">Move ticked</button>"
+            f"<input list=names id=gallery-name placeholder='character name' value='{_e(c.character if c.named else '')}'>"
+            f"<button id=do-reference onclick=\"correct('reference',{k},{{crops:chosenCrops(),"
+            f"name:document.getElementById('gallery-name').value}})\">Add chosen crops to the gallery</button>"
+            f"</div>{''.join(blocks)}")
+    return _page(c.character, body, review, token)
+
+
+def timeline_page(review: Review, token: str) -> str:
+    by_episode = defaultdict(list)
+    for a in review.appearances:
+        by_episode[a["episode"]].append(a)
+    colour = {c.character: f"hsl({(i * 137) % 360},60%,55%)" for i, c in enumerate(review.order())}
+    width, row_h, left = 900, 18, 120
+    parts = []
+    for episode in sorted(review.durations):
+        rows = sorted({a["character"] for a in by_episode[episode]})
+        dur = review.durations[episode] or max((a["end_s"] for a in by_episode[episode]), default=1.0)
+        height = row_h * max(len(rows), 1) + 20
+        x = lambda t: left + (width - left) * t / dur  # noqa: E731
+        svg = [f"<svg width={width} height={height} class=timeline data-episode='{_e(episode)}'>"]
+        svg += [f"<line x1={x(s):.1f} x2={x(s):.1f} y1=0 y2={height - 20} stroke='#bbb'/>"
+                for s in review.shots[episode] if s > 0]
+        for i, ch in enumerate(rows):
+            y = i * row_h
+            svg.append(f"<text x=0 y={y + 13} font-size=12>{_e(ch)}</text>")
+            for a in by_episode[episode]:
+                if a["character"] == ch:
+                    svg.append(f"<a href='/tracklet/{_e(a['tracklet_id'])}'><rect x={x(a['start_s']):.1f} y={y + 2}"
+                               f" width={max(x(a['end_s']) - x(a['start_s']), 1):.1f} height={row_h - 4}"
+                               f" fill='{colour.get(ch, '#888')}'><title>{_e(ch)} {a['start_s']:.1f}–"
+                               f"{a['end_s']:.1f} s</title></rect></a>")
+        svg.append(f"<text x={left} y={height - 4} font-size=11>0 s</text><text x={width - 40} y={height - 4}"
+                   f" font-size=11>{dur:.0f} s</text></svg>")
+        parts.append(f"<h2>{_e(episode)}</h2>" + "".join(svg))
+    return _page("Timeline", "<p>Who is on screen; grey lines are shot boundaries; click a bar.</p>"
+                 + "".join(parts), review, token)
+
+
+THRESHOLD_SCRIPT = """
+const cards=JSON.parse(document.getElementById('cards').textContent);
+const MARGIN=+document.getElementById('cards').dataset.margin, AGREE=+document.getElementById('cards').dataset.agreement;
+function nameAt(c, t){  // a fixed threshold: most of the cluster's tracklets pass it for one character
+  const votes={};
+  for(const [best, score, lead] of c.verdicts){
+    if(best!==null && score!==null && score>=t && (lead===null || lead>=MARGIN)){votes[best]=(votes[best]||0)+1}
+  }
+  const top=Object.keys(votes).sort((a,b)=>votes[b]-votes[a])[0];
+  return top!==undefined && votes[top] > AGREE*c.verdicts.length ? top : null;
+}
+function preview(){
+  const t=+document.getElementById('threshold').value; document.getElementById('shown').textContent=t.toFixed(2);
+  const time={}, was={}; let named=0, before=0;
+  for(const c of cards){
+    const keep=c.source==='label', name=keep ? c.character : nameAt(c, t), now=name!==null;
+    const who=now ? name : 'unknown';
+    time[who]=(time[who]||0)+c.seconds; was[c.named?c.character:'unknown']=(was[c.named?c.character:'unknown']||0)+c.seconds;
+    named+=now; before+=c.named;
+  }
+  const names=[...new Set([...Object.keys(time),...Object.keys(was)])].sort();
+  document.getElementById('summary').textContent=`${named} of ${cards.length} clusters named (now ${before})`;
+  document.getElementById('rows').innerHTML=names.map(n=>`<tr><td>${n.replace(/</g,'&lt;')}</td>`+
+    `<td>${(was[n]||0).toFixed(1)}</td><td>${(time[n]||0).toFixed(1)}</td></tr>`).join('');
+}
+document.getElementById('threshold').oninput=preview; preview();
+"""
+
+
+def thresholds_page(review: Review, token: str) -> str:
+    """A fixed naming threshold previewed on the tracklets' recorded verdicts (a cluster is named when more
+    than ``name.agreement`` of its tracklets pass it for one character), then applied as an identity
+    backfill."""
+    cards = [{"character": c.character, "named": c.named, "source": c.source, "seconds": round(c.seconds, 2),
+              "verdicts": review.verdicts[c.cluster_id]} for c in review.order()]
+    from anitrack.backfill import identity_config
+
+    margin = review.run.get("name_margin") or 0.0
+    agreement = identity_config(review.lake, review.series)["name"]["agreement"]
+    start = review.run.get("name_threshold") or 0.5
+    rule = ("a fixed threshold" if review.run.get("calibration") == "fixed"
+            else f"per-character thresholds ({review.run.get('calibration') or 'calibrated'}), median")
+    data = html.escape(json.dumps(cards), quote=False)
+    body = (f"<h1>Naming threshold</h1><p>Now: {rule} {start:.2f}. Drag "
+            f"to preview a fixed threshold; labels stay as the user set them.</p>"
+            f"<input type=range id=threshold min=0 max=1 step=0.01 value={start:.2f} style='width:400px'> "
+            f"<b id=shown></b> <button id=apply onclick=\"send('/api/thresholds',"
+            f"{{threshold:+document.getElementById('threshold').value}})\">Apply as a backfill</button> "
+            f"<button id=calibrated onclick=\"send('/api/thresholds',{{threshold:0}})\">Back to calibrated</button>"
+            f"<p id=summary></p><table><thead><tr><th>character</th><th>seconds now</th><th>seconds after</th>"
+            f"</tr></thead><tbody id=rows></tbody></table>"
+            f"<script type=application/json id=cards data-margin='{margin}' data-agreement='{agreement}'>{data}</script><script>{THRESHOLD_SCRIPT}</script>")
+    return _page("Thresholds", body, review, token)
+
+
+def tracklet_page(review: Review, tid: str, token: str) -> str:
+    cluster = next((k for k, ts in review.members.items() if tid in ts), None)
+    owner = (f"<a href='/cluster/{cluster}'>{_e(review.cards[cluster].character)}</a>"
+             if cluster in review.cards else "noise")
+    crops = "".join(_img(r["crop_id"], f"title='{r['t_s']:.1f} s'") for r in review.crops_of[tid])
+    return _page(tid, f"<h1>{_e(tid)}</h1><p>in {owner}</p><div class=crops>{crops}</div>", review, token)
+
+
+# -- the application ----------------------------------------------------------------
+def make_app(lake: Lake, series: str, config: dict, token: str):
+    """The FastAPI app; ``config`` is the profile identity re-runs with (cluster and name as the run was)."""
+    review = Review(lake, series)
+    writing = threading.Lock()
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    cookie = "anitrack_review"
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+        if host not in LOOPBACK:
+            return JSONResponse({"error": f"refused: Host {host!r} is not the loopback"}, status_code=403)
+        given = (request.query_params.get("token") or request.headers.get("x-review-token")
+                 or request.cookies.get(cookie) or "")
+        if not secrets.compare_digest(given, token):
+            return JSONResponse({"error": "refused: this page needs the token printed by anitrack review"},
+                                status_code=403)
+        if request.method == "POST" and not secrets.compare_digest(request.headers.get("x-review-token", ""), token):
+            return JSONResponse({"error": "refused: writes carry the token header"}, status_code=403)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(cookie, token, httponly=True, samesite="strict")
+        return response
+
+    def page(text: str) -> HTMLResponse:
+        return HTMLResponse(text, headers={"Cache-Control": "no-store"})
+
+    @app.get("/")
+    def characters():
+        return page(characters_page(review, token))
+
+    @app.get("/cluster/{k}")
+    def cluster(k: int):
+        if k not in review.cards:
+            return HTMLResponse(f"cluster {k} is not in the current run <a href='/'>back</a>", status_code=404)
+        return page(cluster_page(review, k, token))
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
+    @app.get("/timeline")
+    def timeline():
+        return page(timeline_page(review, token))
+
+    @app.get("/thresholds")
+    def thresholds():
+        return page(thresholds_page(review, token))
+
+    @app.get("/tracklet/{tid}")
+    def tracklet(tid: str):
+        if tid not in review.crops_of and tid not in review.tracklets:
+            return HTMLResponse(f"no tracklet {_e(tid)}", status_code=404)
+        return page(tracklet_page(review, tid, token))
+
+    @app.get("/crop/{crop_id}")
+    def crop(crop_id: str):
+        found = review.image(crop_id)
+        if found is None:
+            return Response(status_code=404)
+        fmt, data = found
+        return Response(data, media_type=f"image/{'jpeg' if fmt in ('jpg', 'jpeg') else fmt}",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    def write(action) -> JSONResponse:
+        if not writing.acquire(blocking=False):
+            return JSONResponse({"error": "another correction is running; try again when it ends"}, status_code=409)
+        try:
+            started = time.perf_counter()
+            summary = action()
+            review.reload()
+            seconds = time.perf_counter() - started
+            return JSONResponse({"message": f"re-identified in {seconds:.1f} s (run {review.run_id})",
+                                 "seconds": seconds, "run_id": review.run_id, "mode": summary["mode"]})
+        except corrections.StaleRun as exc:
+            review.reload()
+            return JSONResponse({"error": f"{exc}; reloading"}, status_code=409)
+        except LakeBusy as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except corrections.CorrectionError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        finally:
+            writing.release()
+
+    @app.post("/api/correct")
+    async def correct(request: Request):
+        body = await request.json()
+        def act():
+            rows = corrections.correction_rows(
+                lake, series, str(body.get("kind")), _int(body.get("cluster")), name=body.get("name"),
+                tracklets=body.get("tracklets"), other=_int(body.get("other")), crops=body.get("crops"),
+                run_id=body.get("run_id"))
+            return corrections.record(lake, series, rows, config, "review")
+        return await run_in_threadpool(write, act)
+
+    @app.post("/api/undo")
+    async def undo(request: Request):
+        def act():
+            summary = corrections.undo(lake, series, config, "review")
+            if summary is None:
+                raise corrections.CorrectionError("there is no correction to undo")
+            return summary
+        return await run_in_threadpool(write, act)
+
+    @app.post("/api/thresholds")
+    async def apply_threshold(request: Request):
+        body = await request.json()
+
+        def act():
+            from anitrack import backfill
+
+            try:
+                value = float(body.get("threshold"))
+            except (TypeError, ValueError):
+                raise corrections.CorrectionError(f"{body.get('threshold')!r} is not a threshold") from None
+            if not 0.0 <= value <= 1.0:
+                raise corrections.CorrectionError("the naming threshold lies in [0, 1] (0: calibrated)")
+            result = backfill.run(backfill.plan(lake, series, [f"name.threshold={value:.4f}"]))
+            return result["identity"] or {"mode": "unchanged"}
+        return await run_in_threadpool(write, act)
+
+    app.state.review = review
+    return app
+
+
+def _int(value) -> int | None:
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        raise corrections.CorrectionError(f"{value!r} is not a cluster id") from None
+
+
+def check_reviewable(lake: Lake, series: str) -> None:
+    """Refuse, before any server starts, a series the lake lacks or one without an identity run."""
+    from anitrack.identify import current_run
+
+    known = lake.series()
+    if series not in known:
+        raise corrections.CorrectionError(f"series {series!r} is not in the lake (it holds: "
+                                          f"{', '.join(known) or 'nothing'})")
+    if current_run(lake, series) is None:
+        raise corrections.CorrectionError(f"series {series!r} has no identity run yet (run anitrack identify first)")
+
+
+def serve(lake: Lake, series: str, config: dict, port: int = 0, announce=print) -> None:
+    """Run the app on 127.0.0.1 until Ctrl-C; ``announce`` gets the URL with the token."""
+    import socket
+
+    import uvicorn
+
+    token = secrets.token_urlsafe(24)
+    app = make_app(lake, series, config, token)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)  # connections queue from now on, so the URL works the moment it is printed
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/?token={token}"
+    announce(url)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+
+
+__all__ = ["Review", "Card", "make_app", "serve", "check_reviewable"]
