@@ -82,11 +82,22 @@ def correction_rows(lake: Lake, series: str, kind: str, cluster: int, *, name: s
     elif kind == "move":  # out of their cluster, then into the other one (splits apply before merges)
         rows = [(t, "split", group, None) for t in chosen]
         rows += [(t, "merge", group + "m", None) for t in chosen + members[other]]
+        # their old cluster's name goes no further: they take the other cluster's label, or none ("")
+        target = _label_name(lake, series, current, other)
+        rows += [(t, "name", target, None) for t in chosen]
     else:
         rows = _reference_rows(lake, series, members[cluster], crops or [], name.strip())
     now = dt.datetime.now(dt.timezone.utc)
     return [{"series": series, "tracklet_id": t, "action": a, "value": v, "crop_id": c, "created_at": now}
             for t, a, v, c in rows]
+
+
+def _label_name(lake: Lake, series: str, run_id: str, cluster: int) -> str:
+    """The name a user gave ``cluster`` in run ``run_id`` ("" when its name is not a user's label)."""
+    for r in lake.read("characters", series, columns=["run_id", "cluster_id", "character", "source"]).to_pylist():
+        if r["run_id"] == run_id and r["cluster_id"] == cluster and r["source"] == "label":
+            return r["character"]
+    return ""
 
 
 def _reference_rows(lake: Lake, series: str, tracklets: list[str], crops: list[str], name: str) -> list[tuple]:
@@ -116,7 +127,8 @@ def undo(lake: Lake, series: str, config: dict, owner: str) -> dict | None:
         last = max(r["created_at"] for r in rows)
         kept = [r for r in rows if r["created_at"] != last]
         lake.commit("labels", pa.Table.from_pylist(kept, schema=LABELS), series=series)
-        return identify(lake, series, reidentify_config(lake, series, config))
+        # a full run: an incremental one would keep what the undone correction did to the tracklets' clusters
+        return identify(lake, series, reidentify_config(lake, series, config), full=True)
 
 
 def reidentify_config(lake: Lake, series: str, config: dict) -> dict:

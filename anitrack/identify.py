@@ -541,10 +541,9 @@ def _name(lake, series, data, labels, ref_rows, corrections, cal, space, config)
         keep_out=noise_mask(ids, corrections),
         min_cluster_size=config["cluster"]["min_cluster_size"])
     cids, _, best = _best_members(data["vectors"], labels)
-    named_by = {}
-    for (tid, action), value in {(r["tracklet_id"], r["action"]): r["value"]
-                                 for r in sorted(corrections, key=lambda r: r["created_at"])}.items():
-        if action == "name":
+    named_by = {}  # a tracklet's latest name label ("" clears it: the tracklet moved to another cluster)
+    for (tid, action), (value, _) in latest_by_tracklet(corrections).items():
+        if action == "name" and value:
             named_by[tid] = value
     members = {int(k): [ids[i] for i in np.flatnonzero(labels == k)] for k in cids}
     registry = {r["tracklet_id"]: r["n"] for r in lake.read("unknown_registry", series).to_pylist()}

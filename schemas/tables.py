@@ -208,7 +208,7 @@ LABELS = pa.schema([
     pa.field("series", pa.string(), nullable=False),
     pa.field("tracklet_id", pa.string(), nullable=False),
     pa.field("action", pa.string(), nullable=False),  # "name" | "split" | "merge" | "noise" | "reference"
-    pa.field("value", pa.string(), nullable=False),  # the name, the split / merge group, "1" for noise
+    pa.field("value", pa.string(), nullable=False),  # name ("" clears it), split / merge group, "1": noise
     pa.field("created_at", pa.timestamp("us", tz="UTC")),  # one correction's rows share it (undo)
     pa.field("crop_id", pa.string()),  # reference: the crop that joins the gallery
 ])

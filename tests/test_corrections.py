@@ -43,8 +43,11 @@ def test_name_and_merge_cover_every_tracklet_of_the_clusters(lake):
 
 
 def test_move_takes_tracklets_out_of_one_cluster_into_another(lake):
-    moved = apply(correction_rows(lake, "s", "move", 0, tracklets=["e1:b"], other=1))
+    rows = correction_rows(lake, "s", "move", 0, tracklets=["e1:b"], other=1)
+    moved = apply(rows)
     assert moved[1] == moved[2] == moved[3] and moved[0] == 0 and moved[1] != 0
+    # the moved tracklet's name label is cleared (cluster 1 has no label), so it cannot rename cluster 1
+    assert [(r["tracklet_id"], r["value"]) for r in rows if r["action"] == "name"] == [("e1:b", "")]
 
 
 def test_split_and_noise(lake):

@@ -169,6 +169,24 @@ def test_bad_identify_input(identified, series, tmp_path):
     assert q(lake, "SELECT count(*) AS n FROM identity_runs")[0]["n"] == before
 
 
+def test_label_marks_noise_and_undo_takes_it_back(identified, tmp_path):
+    lake = own_copy(identified, tmp_path)
+    target = q(lake, "SELECT cluster_id, character FROM characters ORDER BY cluster_id LIMIT 1")[0]
+    members = [r["tracklet_id"] for r in q(lake, f"SELECT tracklet_id FROM clusters "
+                                                 f"WHERE cluster_id = {target['cluster_id']}")]
+    seconds = q(lake, "SELECT sum(seconds) AS s FROM screen_time")[0]["s"]
+    run_cli("label", "--lake", str(lake), "--series", "cast", "--cluster", str(target["cluster_id"]), "--noise",
+            check=True)
+    ids = ", ".join(f"'{t}'" for t in members)
+    assert {r["cluster_id"] for r in q(lake, f"SELECT cluster_id FROM clusters WHERE tracklet_id IN ({ids})")} == {-1}
+    assert q(lake, "SELECT sum(seconds) AS s FROM screen_time")[0]["s"] < seconds
+    run_cli("label", "--lake", str(lake), "--series", "cast", "--undo", check=True)
+    assert q(lake, "SELECT count(*) AS n FROM labels")[0]["n"] == 0
+    assert q(lake, "SELECT sum(seconds) AS s FROM screen_time")[0]["s"] == pytest.approx(seconds)
+    proc = run_cli("label", "--lake", str(lake), "--series", "cast", "--undo")
+    assert proc.returncode == 1 and "no corrections to undo" in proc.stderr
+
+
 def test_adding_an_episode_keeps_unknown_labels(series, tmp_path):
     """Without references every cluster is unknown_<n>; a new episode must not renumber the old ones."""
     src = tmp_path / "src"

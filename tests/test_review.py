@@ -185,6 +185,20 @@ def test_every_correction_from_the_browser_lands_in_the_lake_and_survives_identi
         assert q(lake_copy, f"SELECT action FROM labels WHERE tracklet_id = '{b_tracklet}' AND action = 'split'")
         assert _cluster_of(lake_copy, b_tracklet) != _cluster_of(lake_copy, a_tracklet)
 
+        # move one tracklet of the renamed cluster to the merged one
+        renamed = _cluster_of(lake_copy, top_tracklet)
+        mover = next(t for t in _members(lake_copy, renamed) if t != top_tracklet)
+        page.goto(f"http://127.0.0.1:{server.port}/cluster/{renamed}")
+        page.check(f".pick[value='{mover}']")
+        page.select_option("#move-target", str(_cluster_of(lake_copy, a_tracklet)))
+        page.click("#do-move")
+        _wait_done(page)
+        assert _cluster_of(lake_copy, mover) == _cluster_of(lake_copy, a_tracklet) != _cluster_of(lake_copy,
+                                                                                                 top_tracklet)
+        merged = _cluster_of(lake_copy, a_tracklet)
+        assert q(lake_copy, f"SELECT character FROM characters WHERE cluster_id = {merged}"
+                 )[0]["character"] != "Renamed Hero"  # a moved tracklet does not carry its old cluster's name
+
         # mark the split-off tracklet's cluster as noise: nobody's screen time
         page.goto(server.url.split("?")[0])
         noise = _cluster_of(lake_copy, b_tracklet)
@@ -250,6 +264,7 @@ def test_every_correction_from_the_browser_lands_in_the_lake_and_survives_identi
                             WHERE k.tracklet_id = '{top_tracklet}'""")[0]["character"] == "Renamed Hero"
     assert _cluster_of(lake_copy, b_tracklet) == -1
     assert _cluster_of(lake_copy, a_tracklet) >= 0
+    assert _cluster_of(lake_copy, mover) == _cluster_of(lake_copy, a_tracklet)
 
 
 def test_the_review_order_puts_the_costliest_mistakes_first(cast_identified, cast_series):
