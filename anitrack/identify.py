@@ -140,7 +140,10 @@ def series_references(lake: Lake, series: str, corrections: list[dict], config: 
               if r["action"] == "reference" and r["crop_id"]}
     if not chosen:
         return []
-    rows = [r for r in lake.read("crops", series).to_pylist() if r["crop_id"] in chosen]
+    episodes = {r["episode"] for r in lake.read("crops", series, columns=["episode", "crop_id"]).to_pylist()
+                if r["crop_id"] in chosen}  # read the images of those episodes only
+    rows = [r for e in sorted(episodes) for r in lake.read("crops", series, episode=e).to_pylist()
+            if r["crop_id"] in chosen]
     embedder = make_embedder(config)
     out = []
     for r in rows:

@@ -73,12 +73,8 @@ class Review:
         self.run_id, self.members = corrections.current_members(self.lake, self.series)
         run = self.run_id
         self.run = current_run(self.lake, self.series)
-        self.verdicts = defaultdict(list)  # cluster -> its tracklets' own verdicts (best, score, lead)
-        self.verdict_of = {}
-        for r in self.lake.read("clusters", self.series).to_pylist():
-            if r["run_id"] == run and r["cluster_id"] >= 0:
-                self.verdicts[r["cluster_id"]].append([r["best"], r["score"], r["lead"]])
-                self.verdict_of[r["tracklet_id"]] = r
+        self.verdict_of = {r["tracklet_id"]: r for r in self.lake.read("clusters", self.series).to_pylist()
+                           if r["run_id"] == run and r["cluster_id"] >= 0}  # each tracklet's own verdict
         chars = [r for r in self.lake.read("characters", self.series).to_pylist() if r["run_id"] == run]
         self.appearances = [r for r in self.lake.read("appearances", self.series).to_pylist() if r["run_id"] == run]
         spans = defaultdict(list)
@@ -325,7 +321,8 @@ def thresholds_page(review: Review, token: str) -> str:
     than ``name.agreement`` of its tracklets pass it for one character), then applied as an identity
     backfill."""
     cards = [{"character": c.character, "named": c.named, "source": c.source, "seconds": round(c.seconds, 2),
-              "verdicts": review.verdicts[c.cluster_id]} for c in review.order()]
+              "verdicts": [[v["best"], v["score"], v["lead"]] for v in map(review.verdict_of.get, c.tracklets) if v]}
+             for c in review.order()]
     from anitrack.backfill import identity_config
 
     margin = review.run.get("name_margin") or 0.0
