@@ -128,6 +128,8 @@ def synth(out: Path = typer.Argument(..., help="Folder to write the series and i
     print(folder)
 
 
+PROFILE_HELP = ("offline (models in wheels), hub-cpu (pulled hub models, faces first, for CPUs) or full "
+                "(pulled hub models, persons first, for GPUs).")
 RUNNER_HELP = "thread (one child process per episode) or dask (episodes on Dask workers)."
 DASK_ADDRESS_HELP = "Scheduler of an existing Dask cluster, e.g. tcp://host:8786 (default: a local cluster)."
 DASK_WORKERS_HELP = "Worker processes of the local Dask cluster (0: one per CPU core)."
@@ -137,7 +139,7 @@ DASK_WORKERS_HELP = "Worker processes of the local Dask cluster (0: one per CPU 
 def ingest(source: str = typer.Argument(..., help="A video file, a folder, a glob or an fsspec URL."),
            lake: str = typer.Option(..., help="Lake folder or URL."),
            series: Optional[str] = typer.Option(None, help="Series name (default: the source folder's name)."),
-           profile: str = typer.Option("offline", help="offline (models in wheels) or full (hub models)."),
+           profile: str = typer.Option("offline", help=PROFILE_HELP),
            set_: list[str] = typer.Option([], "--set", help="Override a parameter: stage.key=value."),
            config_file: Optional[Path] = typer.Option(None, "--config", help="An anitrack.toml file."),
            parallel: int = typer.Option(0, min=0, help="Episodes at once (0: one per CPU core)."),
@@ -182,10 +184,9 @@ def _ingest(source, lake, series, profile, sets, config_file, parallel, device, 
         discover(source)  # fail fast, before starting Prefect, on a source that is not there
     except SourceError as exc:
         raise Failure(str(exc)) from None
-    if profile == "full" or config["detect"]["detector"] == "yolo" or config["embed"]["model"] == "ccip":
-        from anitrack.models import check_full_profile
+    from anitrack.models import check_models
 
-        check_full_profile(config)  # a missing model fails here, at once
+    check_models(config, device)  # a missing hub model, or a device that cannot run it, fails here at once
     from anitrack import progress
     from flows.ingest import run_ingest
 
@@ -714,13 +715,25 @@ def lake_import(table: str = typer.Argument(..., help="Table name, e.g. detectio
 
 
 @models_app.command("pull")
-def models_pull(to: Optional[Path] = typer.Option(None, help="Shared model directory (default: the cache)."),
-                weights: str = typer.Option("yolov8m.pt", help="YOLO weights to fetch.")):
-    """Download the full profile's models on a connected machine (workers then use HF_HUB_OFFLINE=1)."""
-    from anitrack.models import pull_models
+def models_pull(to: Optional[Path] = typer.Option(None, help="Folder to pull into (default: the models folder "
+                                                              "ingest reads, $ANITRACK_MODELS or ~/.cache/anitrack/models)."),
+                profile: str = typer.Option("full", help="Pull what this profile runs: full or hub-cpu."),
+                set_: list[str] = typer.Option([], "--set", help="As for ingest, e.g. embed.ccip_model=NAME."),
+                config_file: Optional[Path] = typer.Option(None, "--config", help="An anitrack.toml file.")):
+    """Download the hub models a profile runs (on a connected machine); ingest then finds them offline."""
+    from anitrack.config import load_config, resolve_profile
+    from anitrack.models import models_dir, needed, pull_models
 
-    for item in pull_models(to, yolo_weights=weights):
-        print(item)
+    config = resolve_profile(load_config(set_, config_file), profile)
+    if not needed(config):
+        raise UsageError(f"profile {profile!r} with these settings runs no hub model: nothing to pull")
+    try:
+        for item in pull_models(config, to):
+            print(item)
+    except ConnectionError as exc:
+        raise Failure(str(exc)) from None
+    if to is not None and Path(to).resolve() != models_dir().resolve():
+        print(f"on the machines that run it: ANITRACK_MODELS={Path(to).resolve()}")
 
 
 @app.command()

@@ -25,8 +25,10 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
                         "predictions (25 = the reference; fewer means fewer windows, probabilities shift a little)."),
     },
     "detect": {
-        "detector": ("auto", "Person detector: yolo, animeface (face-first) or auto (yolo in full, animeface offline)."),
+        "detector": ("auto", "Detector: yolo (persons, then a face finder), animeface or imgutils (faces straight "
+                             "from frames) or auto (yolo in full, imgutils in hub-cpu, animeface offline)."),
         "weights": ("yolov8m.pt", "YOLO weights: a path or a file name in the models directory."),
+        "face_model": ("", "imgutils face detector (hub model name); empty means face_detect_v1.4_s."),
         "conf": (0.45, "Minimum detection confidence."),
         "stride": (3, "Run the detector on every n-th frame."),
         "max_side": (640, "animeface sees frames downscaled to this longest side (cost grows with pixels; "
@@ -39,10 +41,12 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "min_detections": (3, "Tracklets with fewer detections are dropped."),
     },
     "crops": {
-        "per_tracklet": (20, "Crops sampled per tracklet."),
+        "per_tracklet": (0, "Crops kept per tracklet (each is embedded); 0: the profile's (4 in hub-cpu, 20 otherwise)."),
         "up_ratio": (0.45, "Face box expanded upward by this fraction of its height (hair, ears)."),
         "pad": (25, "Padding in pixels around the face-anchored crop."),
         "format": ("webp", "Encoding of crop images stored in the lake: webp, png or jpeg."),
+        "select": ("auto", "Which crops a tracklet keeps: even (spread over its length), best (highest face score "
+                           "x sharpness x size) or auto (best in hub-cpu, even otherwise)."),
     },
     "embed": {
         "model": ("auto", "Embedder: ccip, hybrid (descriptor + EfficientNet-Lite0 from a wheel), descriptor "
@@ -78,7 +82,13 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
     },
 }
 
-PROFILES = ("offline", "full")
+PROFILES = ("offline", "hub-cpu", "full")
+# what ``auto`` (or 0) means in each profile; offline needs no network, the others hub models
+PROFILE_CHOICES = {
+    "offline": {"detect.detector": "animeface", "embed.model": "hybrid", "crops.select": "even", "crops.per_tracklet": 20},
+    "hub-cpu": {"detect.detector": "imgutils", "embed.model": "ccip", "crops.select": "best", "crops.per_tracklet": 4},
+    "full": {"detect.detector": "yolo", "embed.model": "ccip", "crops.select": "even", "crops.per_tracklet": 20},
+}
 
 
 class ConfigError(ValueError):
@@ -169,12 +179,13 @@ def resolve_profile(config: dict, profile: str) -> dict:
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     config = copy.deepcopy(config)
-    if config["detect"]["detector"] == "auto":
-        config["detect"]["detector"] = "yolo" if profile == "full" else "animeface"
-    if config["embed"]["model"] == "auto":
-        config["embed"]["model"] = "ccip" if profile == "full" else "hybrid"
-    choices = {"detect.detector": ("yolo", "animeface"), "embed.model": ("ccip", "hybrid", "descriptor"),
-               "shots.backend": ("transnetv2", "content", "adaptive"), "crops.format": ("webp", "png", "jpeg")}
+    for dotted, value in PROFILE_CHOICES[profile].items():
+        stage, key = dotted.split(".")
+        if config[stage][key] in ("auto", 0):
+            config[stage][key] = value
+    choices = {"detect.detector": ("yolo", "animeface", "imgutils"), "embed.model": ("ccip", "hybrid", "descriptor"),
+               "shots.backend": ("transnetv2", "content", "adaptive"), "crops.format": ("webp", "png", "jpeg"),
+               "crops.select": ("even", "best")}
     for dotted, allowed in choices.items():
         stage, key = dotted.split(".")
         if config[stage][key] not in allowed:

@@ -50,3 +50,26 @@ def even_sample(items: list, k: int) -> list:
         return list(items)
     idx = np.unique(np.round(np.linspace(0, len(items) - 1, k)).astype(int))
     return [items[i] for i in idx]
+
+
+def sharpness(rgb: np.ndarray) -> float:
+    """Variance of the grey image's Laplacian: low for blurred (motion, fades) or flat crops."""
+    return float(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+
+
+def crop_quality(face_score: float, width: int, height: int, sharp: float) -> float:
+    """How good a view of the face a crop is: detector confidence x size x sharpness (0 without a face)."""
+    return float(face_score) * float(np.sqrt(max(width * height, 0))) * float(np.log1p(max(sharp, 0.0)))
+
+
+def best_sample(items: list, quality: list[float], k: int) -> list:
+    """The k items of highest quality, in their original order; evenly spread when none has a face.
+
+    An identity model then sees a tracklet's clearest, largest faces (the hub-cpu profile embeds
+    only a few crops per tracklet, so each must count)."""
+    if len(items) <= k:
+        return list(items)
+    if max(quality, default=0.0) <= 0:
+        return even_sample(items, k)
+    top = sorted(np.argsort(-np.asarray(quality, float), kind="stable")[:k])
+    return [items[i] for i in top]

@@ -79,29 +79,7 @@ class AnimeFaceDetector:
         return found
 
     def find_face_in_still(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
-        """The best face of one still image (a reference drawing), trying harder than on frames.
-
-        A tight face crop gives the detector no context: when nothing is found, the image is
-        tried again with its edges extended by 30% (replicated), at twice and at its own size.
-        On the real-art crops this finds a face in 70% of images instead of 49%.
-        """
-        import cv2
-
-        found = self.find_faces([rgb])[0]
-        h, w = rgb.shape[:2]
-        for scale in (2.0, 1.0):
-            if found is not None:
-                break
-            big = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC) \
-                if scale != 1 else rgb
-            pad = int(0.3 * max(big.shape[:2]))
-            hit = self.find_faces([cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)])[0]
-            if hit is not None:
-                box = (hit[0] - pad) / scale
-                box = np.array([max(0.0, box[0]), max(0.0, box[1]), min(w, box[2]), min(h, box[3])], np.float32)
-                if box[2] - box[0] >= 8 and box[3] - box[1] >= 8:
-                    found = (box, hit[1])
-        return found
+        return find_face_in_still(self.find_faces, rgb)
 
     def close(self) -> None:
         if self._pool:
@@ -109,8 +87,39 @@ class AnimeFaceDetector:
             self._pool = None
 
 
+def find_face_in_still(find_faces, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """The best face of one still image (a reference drawing), trying harder than on frames.
+
+    A tight face crop gives the detector no context: when nothing is found, the image is
+    tried again with its edges extended by 30% (replicated), at twice and at its own size.
+    On the real-art crops this finds a face in 70% of images instead of 49% (animeface).
+    ``find_faces``: a face finder's method (list of crops -> best (box, score) or None each).
+    """
+    import cv2
+
+    found = find_faces([rgb])[0]
+    h, w = rgb.shape[:2]
+    for scale in (2.0, 1.0):
+        if found is not None:
+            break
+        big = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC) \
+            if scale != 1 else rgb
+        pad = int(0.3 * max(big.shape[:2]))
+        hit = find_faces([cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)])[0]
+        if hit is not None:
+            box = (hit[0] - pad) / scale
+            box = np.array([max(0.0, box[0]), max(0.0, box[1]), min(w, box[2]), min(h, box[3])], np.float32)
+            if box[2] - box[0] >= 8 and box[3] - box[1] >= 8:
+                found = (box, hit[1])
+    return found
+
+
+FACE_FIRST = ("animeface", "imgutils")  # detectors that find faces in whole frames (no person boxes)
+
+
 def make_detector(config: dict, device: str = "cpu"):
-    """The configured person/face detector; ``yolo`` loads weights the user named (pickle: trust them)."""
+    """The configured detector: ``yolo`` persons (loads weights the user named: pickle, trust them),
+    or faces straight from frames with ``animeface`` (wheel) or ``imgutils`` (hub model)."""
     det = config["detect"]
     if det["detector"] == "animeface":
         return AnimeFaceDetector(conf=det["conf"], workers=det["workers"], max_side=det["max_side"])
@@ -118,18 +127,35 @@ def make_detector(config: dict, device: str = "cpu"):
         from anitrack.models import YoloPersonDetector
 
         return YoloPersonDetector(weights=det["weights"], conf=det["conf"], device=device)
-    raise ValueError(f"unknown detector {det['detector']!r}; choose from animeface, yolo")
+    if det["detector"] == "imgutils":
+        from anitrack.models import ImgutilsFaceDetector
+
+        return ImgutilsFaceDetector(model_name=det["face_model"], conf=det["conf"], device=device)
+    raise ValueError(f"unknown detector {det['detector']!r}; choose from animeface, yolo, imgutils")
+
+
+def detector_id(config: dict) -> str:
+    """The detector's model id, known without loading it (fingerprints): the same string the loaded
+    detector records."""
+    det = config["detect"]
+    from anitrack import models
+
+    if det["detector"] == "yolo":
+        return models.yolo_model_id(models.resolve_yolo_weights(det["weights"]))
+    if det["detector"] == "imgutils":
+        return models.face_model_id(det["face_model"])
+    return animeface_id()
 
 
 def face_finder_id(config: dict) -> str:
     """Which finder cuts faces inside person boxes ("" when the detector finds faces itself): the
     imgutils detector beside CCIP, animeface otherwise. Known without loading it (fingerprints)."""
-    if config["detect"]["detector"] == "animeface":
+    if config["detect"]["detector"] in FACE_FIRST:
         return ""
     if config["embed"]["model"] == "ccip":
-        from anitrack.models import imgutils_face_model_id
+        from anitrack.models import face_model_id
 
-        return imgutils_face_model_id()
+        return face_model_id(config["detect"]["face_model"])
     return animeface_id()
 
 
@@ -138,7 +164,7 @@ def animeface_id() -> str:
     return f"animeface=={importlib.metadata.version('animeface')}"
 
 
-def make_face_finder(config: dict):
+def make_face_finder(config: dict, device: str = "cpu"):
     """The finder ``face_finder_id`` names, or None."""
     found = face_finder_id(config)
     if not found:
@@ -146,5 +172,5 @@ def make_face_finder(config: dict):
     if config["embed"]["model"] == "ccip":
         from anitrack.models import ImgutilsFaceFinder
 
-        return ImgutilsFaceFinder()
+        return ImgutilsFaceFinder(model_name=config["detect"]["face_model"], device=device)
     return AnimeFaceDetector(conf=config["detect"]["conf"], workers=1)

@@ -181,10 +181,10 @@ class CcipAdapter:
     metric = "ccip"
     name = "ccip"
 
-    def __init__(self, model: str = "", batch: int = 32):
+    def __init__(self, model: str = "", batch: int = 32, device: str = "cpu"):
         from anitrack.models import CcipEmbedder
 
-        self._inner = CcipEmbedder(model=model or None, batch=batch)
+        self._inner = CcipEmbedder(model=model or None, batch=batch, device=device)
         self.model_id = self._inner.model_id
         self.dim = self._inner.dim
         self.calls = 0
@@ -194,10 +194,10 @@ class CcipAdapter:
         return self._inner.embed(crops) if crops else np.zeros((0, self.dim), np.float32)
 
 
-EMBEDDERS = {
-    "hybrid": lambda emb: HybridEmbedder(),
-    "descriptor": lambda emb: ColorShapeDescriptor(),
-    "ccip": lambda emb: CcipAdapter(model=emb["ccip_model"], batch=emb["batch"]),
+EMBEDDERS = {  # name -> factory(embed config section, device)
+    "hybrid": lambda emb, device: HybridEmbedder(),
+    "descriptor": lambda emb, device: ColorShapeDescriptor(),
+    "ccip": lambda emb, device: CcipAdapter(model=emb["ccip_model"], batch=emb["batch"], device=device),
 }
 
 
@@ -214,22 +214,22 @@ def family(model_id: str, metric: str | None = None) -> str | None:
 
 def embedder_id(config: dict) -> str:
     """The embedder's id for fingerprints, found without loading a model: the id the descriptor and
-    the hybrid record; for CCIP the configured model name and the imgutils version."""
+    the hybrid record; for CCIP the model name and the hub commit of its files (the id CCIP vectors carry)."""
     emb = config["embed"]
     if emb["model"] == "ccip":
-        import importlib.metadata
+        from anitrack.models import ccip_model_id
 
-        return f"ccip:{emb['ccip_model'] or 'default'}@dghs-imgutils=={importlib.metadata.version('dghs-imgutils')}"
+        return ccip_model_id(emb["ccip_model"])
     if emb["model"] == "hybrid":
         return HybridEmbedder.identity()
     return DESCRIPTOR_VERSION
 
 
-def make_embedder(config: dict):
+def make_embedder(config: dict, device: str = "cpu"):
     emb = config["embed"]
     if emb["model"] not in EMBEDDERS:
         raise ValueError(f"unknown embedder {emb['model']!r}; choose from {', '.join(EMBEDDERS)}")
-    return EMBEDDERS[emb["model"]](emb)
+    return EMBEDDERS[emb["model"]](emb, device)
 
 
 def pool(vectors: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from anitrack import crops as cropping
-from anitrack.detect import make_detector, make_face_finder
+from anitrack.detect import FACE_FIRST, make_detector, make_face_finder
 from anitrack.embed import make_embedder, pool
 from anitrack.lake import conform
 from anitrack.shots import cuts_to_shots, make_shot_detector, model_version
@@ -52,6 +52,7 @@ class Candidate:
     anchor: str
     face_score: float
     image: bytes
+    quality: float  # crops.crop_quality: the best-crops selection ranks by it
 
 
 @dataclass
@@ -92,9 +93,9 @@ class EpisodePipeline:
         self.config = config
         self.device = device
         self.detector = make_detector(config, device)
-        self.face_first = self.detector.name == "animeface"
-        self.face_finder = None if self.face_first else make_face_finder(config)
-        self.embedder = make_embedder(config)
+        self.face_first = config["detect"]["detector"] in FACE_FIRST
+        self.face_finder = None if self.face_first else make_face_finder(config, device)
+        self.embedder = make_embedder(config, device)
 
     def models(self) -> dict[str, str]:
         return {"shots": model_version(self.config["shots"]["backend"]),
@@ -120,7 +121,8 @@ class EpisodePipeline:
         candidates: dict[int, Candidate] = {}
         kept: dict[int, list[int]] = defaultdict(list)  # id(track) -> det ids with a candidate
         batch = []
-        limit = 2 * cfg["crops"]["per_tracklet"]
+        keep, best = cfg["crops"]["per_tracklet"], cfg["crops"]["select"] == "best"
+        limit = 2 * max(keep, 10) if best else 2 * keep  # the best few are picked from at least 20 spread out
 
         pending: list = []  # the batch being detected in the background: (frames, results)
 
@@ -222,7 +224,9 @@ class EpisodePipeline:
 
         crop_rows = []
         for row in tracklet_rows:
-            own = cropping.even_sample([d for d in row["_dets"] if d in candidates], cfg["crops"]["per_tracklet"])
+            have = [d for d in row["_dets"] if d in candidates]
+            own = cropping.best_sample(have, [candidates[d].quality for d in have], keep) if best \
+                else cropping.even_sample(have, keep)
             for d in own:
                 c = candidates[d]
                 face = c.face if c.face is not None else [None] * 4
@@ -275,8 +279,10 @@ class EpisodePipeline:
             else:
                 box = cropping.upper_body_box(person, w, h, cfg["pad"])
                 fb, anchor, score = None, "upper_body", 0.0
-            image = cropping.encode(np.ascontiguousarray(frame.rgb[box[1]:box[3], box[0]:box[2]]), cfg["format"])
-            out.append(Candidate(frame.index, box, fb, anchor, score, image))
+            rgb = np.ascontiguousarray(frame.rgb[box[1]:box[3], box[0]:box[2]])
+            quality = cropping.crop_quality(score, box[2] - box[0], box[3] - box[1], cropping.sharpness(rgb)) \
+                if face is not None else 0.0
+            out.append(Candidate(frame.index, box, fb, anchor, score, cropping.encode(rgb, cfg["format"]), quality))
         return out
 
     def embed_crops(self, crop_rows: list[dict], clock: StageClock) -> list[dict]:

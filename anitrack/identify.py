@@ -91,31 +91,42 @@ def embed_gallery(folder: str | Path, config: dict) -> tuple[list[dict], str, li
     """Embed a reference gallery (one subfolder per character) with the series' embedder; returns the
     rows, the model id and the images left out.
 
-    Offline, the face is found with animeface and cropped exactly as tracklet crops are, so
-    reference and tracklet vectors describe the same region. An image in which no face is
+    The face is found by the finder that cut the series' crops (``gallery_face_finder``) and
+    cropped exactly as tracklet crops are, in every profile, so reference and tracklet vectors
+    describe the same region. An image in which no face is
     found would be embedded whole, unlike any tracklet crop: it is left out when its character
     has an image with a face (on real art drawn into frames this doubled the drawings named
     right, 0.03 to 0.06 at the same false-name rate; benchmarks/realart_bench.py --frames).
     """
     from anitrack import crops as cropping
-    from anitrack.detect import AnimeFaceDetector
     from anitrack.embed import make_embedder
 
     embedder = make_embedder(config)
-    finder = AnimeFaceDetector(conf=0.3, workers=1) if embedder.metric == "cosine" else None
+    finder = gallery_face_finder(config)
     rows, faceless = [], []
     for character, files in gallery_images(folder).items():
         cut = [(path, *reference_crop(cropping.decode(path.read_bytes()), finder, config)) for path in files]
-        if finder is not None and any(face is not None for _, _, face in cut):
+        if any(face is not None for _, _, face in cut):
             faceless += [f"{character}/{path.name}" for path, _, face in cut if face is None]
             cut = [c for c in cut if c[2] is not None]
         for path, rgb, face in cut:
             vec = embedder.embed([rgb], [face])[0]
             rows.append({"character": character, "image_id": f"{character}/{path.name}",
                          "model": embedder.model_id, "vector": vec.tolist()})
-    if finder is not None:
-        finder.close()
+    finder.close()
     return rows, embedder.model_id, faceless
+
+
+def gallery_face_finder(config: dict):
+    """The finder that cut the series' faces: imgutils' detector beside CCIP (hub-cpu finds faces with it,
+    full inside person boxes), animeface otherwise (conf 0.3: a reference is one face, worth a lower bar)."""
+    from anitrack.detect import AnimeFaceDetector
+
+    if config["embed"]["model"] == "ccip" and config["detect"]["detector"] != "animeface":
+        from anitrack.models import ImgutilsFaceFinder
+
+        return ImgutilsFaceFinder(model_name=config["detect"]["face_model"])
+    return AnimeFaceDetector(conf=0.3, workers=1)
 
 
 def embedder_config(config: dict, data: dict) -> dict:

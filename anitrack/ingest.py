@@ -25,7 +25,7 @@ import fsspec
 import pyarrow as pa
 
 from anitrack.config import canonical
-from anitrack.detect import animeface_id, face_finder_id
+from anitrack.detect import detector_id, face_finder_id
 from anitrack.embed import embedder_id
 from anitrack.job import EpisodeSpec, episode_row, utc_now
 from anitrack.lake import Lake, slug
@@ -82,15 +82,7 @@ def _digest(*parts) -> str:
 
 def model_ids(config: dict) -> dict[str, str]:
     """Model identities for fingerprints, found without loading any model."""
-    ids = {"shots": shot_model_version(config["shots"]["backend"])}
-    if config["detect"]["detector"] == "yolo":
-        from anitrack.models import resolve_yolo_weights
-
-        weights = resolve_yolo_weights(config["detect"]["weights"])
-        with open(weights, "rb") as fh:
-            ids["detect"] = f"{weights.name}@{hashlib.sha256(fh.read()).hexdigest()[:12]}"
-    else:
-        ids["detect"] = animeface_id()
+    ids = {"shots": shot_model_version(config["shots"]["backend"]), "detect": detector_id(config)}
     ids["embed"] = embedder_id(config)
     ids["faces"] = face_finder_id(config)
     return ids
@@ -101,7 +93,8 @@ def fingerprints(content_hash: str, config: dict, models: dict[str, str]) -> dic
     fp = {}
     for stage in STAGES:
         inputs = [fp[t] for t in stage.upstream] or [content_hash]
-        settings = {k: v for k, v in config[stage.section].items() if k not in stage.how_not_what}
+        settings = {k: v for k, v in config[stage.section].items()
+                    if k not in stage.how_not_what and (k, v) not in stage.added}
         model = [models[stage.model]] if stage.model and models.get(stage.model) else []
         fp[stage.table] = _digest(stage.table, *inputs, settings, *model, PIPELINE_VERSION)
     fp["episodes"] = _digest("episode", *[fp[t] for t in STAGE_TABLES])

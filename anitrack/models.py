@@ -1,14 +1,16 @@
-"""Hub-hosted models of the ``full`` profile: YOLO persons, imgutils faces, CCIP identities.
+"""Hub-hosted models of the ``full`` and ``hub-cpu`` profiles: YOLO persons, imgutils faces, CCIP identities.
 
 Nothing here downloads at run time. Weights come from ``anitrack models pull``
-(run on a connected machine); a missing model raises :class:`ModelMissingError`
-at once, naming the model, the cache looked in and the two ways out. While
-loading, huggingface_hub is forced offline, because imgutils' loaders otherwise
-retry the network for many seconds (and crash on httpx errors) before failing.
+(run on a connected machine) into one folder, ``models_dir()``: YOLO weights at its
+top, hub files in its ``hf/hub`` cache. anitrack reads that cache itself, whatever
+HF_HOME or HF_HUB_CACHE say, so the air-gapped recipe is ``ANITRACK_MODELS=DIR``
+alone. A missing model raises :class:`ModelMissingError` at once, naming the model,
+the folder looked in and the two ways out. While loading, huggingface_hub is forced
+offline, because imgutils' loaders otherwise retry the network for many seconds.
 
-Environment read at import time by the libraries (set them before importing):
-``HF_HOME`` / ``HF_HUB_CACHE`` (huggingface_hub), ``YOLO_CONFIG_DIR`` and
-``YOLO_OFFLINE`` (ultralytics). ``ANITRACK_MODELS`` is read at every call.
+Every model id carries what pins its weights: the hub commit of the files used
+(CCIP, the face detector) or the weights' sha256 (YOLO), so a re-pull after an
+upstream update never mixes two models' vectors under one name.
 """
 from __future__ import annotations
 
@@ -23,81 +25,112 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from anitrack import imgutils_adapter
+
 FACE_REPO = "deepghs/anime_face_detection"  # imgutils.detect.face._REPO_ID
 CCIP_REPO = "deepghs/ccip_onnx"  # imgutils.metrics.ccip
 DEFAULT_FACE_MODEL = "face_detect_v1.4_s"  # detect_faces(level='s', version='v1.4')
-YOLO_ASSETS_URL = "https://github.com/ultralytics/assets/releases"
+# where ultralytics 8.4 itself fetches its release weights (attempt_download_asset's default tag);
+# ANITRACK_YOLO_RELEASES names a mirror holding the same file names
+YOLO_RELEASES = "https://github.com/ultralytics/assets/releases/download/v8.4.0"
 
-_WAYS_OUT = ("run `anitrack models pull` on a connected machine and copy the folder here "
-             "(ANITRACK_MODELS=DIR HF_HOME=DIR/hf HF_HUB_OFFLINE=1), or use `--profile offline`")
+_WAYS_OUT = ("run `anitrack models pull` (on a connected machine, then copy the folder here and set "
+             "ANITRACK_MODELS to it), or use `--profile offline`")
 
 
 class ModelMissingError(RuntimeError):
-    """A full-profile model is not on disk; the message is one line that says what to do."""
+    """A hub model is not on disk (or cannot run here); the message is one line that says what to do."""
 
 
 def models_dir() -> Path:
-    """Where YOLO weights live (and, after a pull, the ``hf`` cache beside them)."""
+    """The one folder of pulled models: YOLO weights, the ONNX exports and the ``hf/hub`` cache."""
     return Path(os.environ.get("ANITRACK_MODELS") or Path.home() / ".cache" / "anitrack" / "models")
 
 
-def hf_cache_dir() -> Path:
-    """The hub cache huggingface_hub uses now (fixed from HF_HOME/HF_HUB_CACHE when it was imported)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
+def hub_cache() -> Path:
+    """The Hugging Face cache anitrack pulls into and loads from (inside ``models_dir()``)."""
+    return models_dir() / "hf" / "hub"
 
 
-# -- forcing huggingface_hub offline -------------------------------------------------------------
-# huggingface_hub 2.x reads HF_HUB_OFFLINE once at import into constants.HF_HUB_OFFLINE and checks
-# that attribute before every request; setting the env var later does nothing. Nested/threaded
-# users share one switch, so count them and restore the old value when the last one leaves.
-_offline_lock = threading.Lock()
-_offline_users = 0
-_offline_saved = False
+def yolo_releases() -> str:
+    return (os.environ.get("ANITRACK_YOLO_RELEASES") or YOLO_RELEASES).rstrip("/")
+
+
+# -- the local hub ---------------------------------------------------------------------------------
+# huggingface_hub 2.x reads HF_HUB_OFFLINE and HF_HUB_CACHE once at import into its constants and
+# reads those attributes at each call; setting the env vars later does nothing. Nested/threaded
+# users share one switch, so count them and restore the old values when the last one leaves.
+_local_lock = threading.Lock()
+_local_users = 0
+_local_saved: tuple = ()
 
 
 @contextmanager
-def hf_offline():
-    """Make every hub request fail at once, so a missing file is reported instead of waited on."""
-    global _offline_users, _offline_saved
+def local_hub():
+    """Every hub lookup inside reads ``hub_cache()`` and fails at once when a file is not there."""
+    global _local_users, _local_saved
     from huggingface_hub import constants
 
-    with _offline_lock:
-        if _offline_users == 0:
-            _offline_saved = constants.HF_HUB_OFFLINE
-            constants.HF_HUB_OFFLINE = True
-        _offline_users += 1
+    with _local_lock:
+        if _local_users == 0:
+            _local_saved = (constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE)
+            constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = True, str(hub_cache())
+        _local_users += 1
     try:
         yield
     finally:
-        with _offline_lock:
-            _offline_users -= 1
-            if _offline_users == 0:
-                constants.HF_HUB_OFFLINE = _offline_saved
+        with _local_lock:
+            _local_users -= 1
+            if _local_users == 0:
+                constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = _local_saved
 
 
-def _require_hf_files(repo_id: str, filenames: list[str], what: str) -> None:
-    """Look in the hub cache only; raise ModelMissingError listing what is absent."""
+def hub_revision(repo_id: str, filenames: list[str], what: str) -> str:
+    """The hub commit the cached ``filenames`` come from; ModelMissingError listing what is absent."""
     from huggingface_hub import try_to_load_from_cache
 
-    missing = [f for f in filenames if not isinstance(try_to_load_from_cache(repo_id, f), str)]
+    found = {f: try_to_load_from_cache(repo_id, f, cache_dir=hub_cache()) for f in filenames}
+    missing = [f for f, p in found.items() if not isinstance(p, str)]
     if missing:
         raise ModelMissingError(
-            f"{what} model files {', '.join(f'{repo_id}/{f}' for f in missing)} are not in the "
-            f"Hugging Face cache {hf_cache_dir()} (full profile never downloads at run time): {_WAYS_OUT}")
+            f"{what} model files {', '.join(f'{repo_id}/{f}' for f in missing)} are not in the model "
+            f"cache {hub_cache()} (hub models are never downloaded at run time): {_WAYS_OUT}")
+    commits = {Path(p).relative_to(hub_cache()).parts[2] for p in found.values()}  # models--x/snapshots/<c>/
+    if len(commits) > 1:
+        raise ModelMissingError(f"{what} model files come from different hub commits ({', '.join(sorted(commits))}) "
+                                f"in {hub_cache()}: pull them again with `anitrack models pull`")
+    return commits.pop()
 
 
 @contextmanager
-def _hf_missing_as_error(what: str):
+def _hub_missing_as_error(what: str):
     """Turn huggingface_hub's not-in-cache errors (raised deep inside imgutils) into ModelMissingError."""
     from huggingface_hub.errors import EntryNotFoundError, OfflineModeIsEnabled
 
     try:
         yield
     except (EntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise ModelMissingError(f"{what} model is not complete in the Hugging Face cache {hf_cache_dir()} "
+        raise ModelMissingError(f"{what} model is not complete in the model cache {hub_cache()} "
                                 f"({type(e).__name__}): {_WAYS_OUT}") from e
+
+
+def _session_threads() -> int:
+    """The process's thread budget (the episode worker sets torch's from its share of the cores)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def check_device(device: str) -> None:
+    """``cuda`` for the ONNX models needs onnxruntime's CUDA provider: say so in one line, before any work."""
+    if device != "cuda":
+        return
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise ModelMissingError("--device cuda: this onnxruntime has no CUDA provider, so CCIP and the face "
+                                "detector cannot run on the GPU; install it with `pip uninstall -y onnxruntime "
+                                "&& pip install 'anitrack[gpu]'`, or use --device cpu")
 
 
 # -- YOLO persons ---------------------------------------------------------------------------------
@@ -113,7 +146,7 @@ def resolve_yolo_weights(weights: str) -> Path:
         where = models_dir()
     else:
         where = path.parent
-    raise ModelMissingError(f"YOLO weights {weights!r} not found in {where} (full profile never downloads "
+    raise ModelMissingError(f"YOLO weights {weights!r} not found in {where} (hub models are never downloaded "
                             f"at run time): {_WAYS_OUT}")
 
 
@@ -123,6 +156,11 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def yolo_model_id(path: Path) -> str:
+    """YOLO weights are named by their file and pinned by their content."""
+    return f"{path.name}@{_sha256(path)[:12]}"
 
 
 class YoloPersonDetector:
@@ -137,7 +175,7 @@ class YoloPersonDetector:
         from ultralytics import YOLO
 
         self.path = path
-        self.model_id = f"{path.name}@{_sha256(path)[:12]}"
+        self.model_id = yolo_model_id(path)
         self.conf, self.imgsz, self.device, self.batch = conf, imgsz, device, max(1, int(batch))
         self.calls = 0
         self._model = YOLO(str(path))  # an existing file: ultralytics does not download
@@ -161,55 +199,83 @@ class YoloPersonDetector:
 
 
 # -- imgutils faces -------------------------------------------------------------------------------
-def imgutils_face_model_id(model_name: str | None = None) -> str:
-    return f"{FACE_REPO}/{model_name or DEFAULT_FACE_MODEL}"
+def _face_files(model_name: str) -> list[str]:
+    return [f"{model_name}/model.onnx"]
 
 
-class ImgutilsFaceFinder:
-    """imgutils' YOLOv8 anime face detector, used to find the face inside a person box."""
+def face_model_id(model_name: str = "") -> str:
+    name = model_name or DEFAULT_FACE_MODEL
+    commit = hub_revision(FACE_REPO, _face_files(name), f"imgutils face detector {name!r}")
+    return f"{FACE_REPO}/{name}@{commit[:12]}"
+
+
+class ImgutilsFaceDetector:
+    """imgutils' YOLOv8 anime face detector on whole frames: faces first, no person detector
+    (the hub-cpu profile). Also finds the face inside a person box (``find_faces``)."""
 
     name = "imgutils"
 
-    def __init__(self, model_name: str | None = None, conf: float = 0.25, iou: float = 0.7):
+    def __init__(self, model_name: str = "", conf: float = 0.25, iou: float = 0.7, device: str = "cpu"):
         self.model_name = model_name or DEFAULT_FACE_MODEL
         self.conf, self.iou = conf, iou
-        self.model_id = imgutils_face_model_id(self.model_name)
+        self.model_id = face_model_id(self.model_name)
+        self.calls = 0
+        imgutils_adapter.configure_sessions(device, _session_threads())
         what = f"imgutils face detector {self.model_name!r}"
-        _require_hf_files(FACE_REPO, [f"{self.model_name}/model.onnx"], what)
-        with hf_offline(), _hf_missing_as_error(what):
+        with local_hub(), _hub_missing_as_error(what):
             from imgutils.detect import detect_faces
 
             self._detect_faces = detect_faces
             # loads the ONNX through imgutils' own path (YOLOModel) and proves it runs
-            self._detect(Image.new("RGB", (32, 32)))
+            self._faces(np.zeros((32, 32, 3), np.uint8))
 
-    def _detect(self, image: Image.Image):
-        return self._detect_faces(image, model_name=self.model_name, conf_threshold=self.conf,
-                                  iou_threshold=self.iou)
+    def _faces(self, rgb: np.ndarray) -> list:
+        image = Image.fromarray(np.ascontiguousarray(rgb)).convert("RGB")
+        with local_hub():  # imgutils opens the model once per thread: keep later threads local too
+            return self._detect_faces(image, model_name=self.model_name, conf_threshold=self.conf,
+                                      iou_threshold=self.iou)
+
+    def detect(self, frames_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per frame (boxes float32 (N,4) xyxy pixels, scores float32 (N,)), every face found."""
+        self.calls += len(frames_rgb)
+        out = []
+        for frame in frames_rgb:
+            dets = self._faces(frame)
+            out.append((np.array([d[0] for d in dets], np.float32).reshape(-1, 4),
+                        np.array([d[2] for d in dets], np.float32).reshape(-1)))
+        return out
 
     def find_faces(self, crops_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, float] | None]:
         """Best (box xyxy float32 in crop coords, score) per crop, or None."""
-        found = []
-        with hf_offline():  # imgutils opens the model once per thread: keep later threads offline too
-            for crop in crops_rgb:
-                dets = self._detect(Image.fromarray(np.ascontiguousarray(crop)).convert("RGB"))
-                if not dets:
-                    found.append(None)
-                    continue
-                box, _, score = max(dets, key=lambda d: d[2])
-                found.append((np.asarray(box, dtype=np.float32), float(score)))
-        return found
+        return [(boxes[int(np.argmax(scores))], float(scores.max())) if len(scores) else None
+                for boxes, scores in self.detect(crops_rgb)]
+
+    def find_face_in_still(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
+        from anitrack.detect import find_face_in_still
+
+        return find_face_in_still(self.find_faces, rgb)
+
+    def close(self) -> None:
+        pass
+
+
+ImgutilsFaceFinder = ImgutilsFaceDetector  # the person-first full profile asks it per person box
 
 
 # -- CCIP identities ------------------------------------------------------------------------------
-def default_ccip_model() -> str:
-    from imgutils.metrics import ccip
-
-    return ccip._DEFAULT_MODEL_NAMES
-
-
 def _ccip_files(model: str) -> list[str]:
     return [f"{model}/model_feat.onnx", f"{model}/model_metrics.onnx", f"{model}/metrics.json"]
+
+
+def ccip_model_id(model: str = "") -> str:
+    """``<model>@<hub commit>``: the name CCIP vectors are stored under."""
+    name = ccip_name(model) or imgutils_adapter.default_ccip_model()
+    return f"{name}@{hub_revision(CCIP_REPO, _ccip_files(name), f'CCIP {name!r}')[:12]}"
+
+
+def ccip_name(model_id: str) -> str:
+    """The CCIP model name inside a model id (ids before revisions were recorded are the bare name)."""
+    return model_id.split("@", 1)[0]
 
 
 class CcipEmbedder:
@@ -218,27 +284,26 @@ class CcipEmbedder:
     name = "ccip"
     metric = "ccip"
 
-    def __init__(self, model: str | None = None, batch: int = 32, block: int = 512):
+    def __init__(self, model: str | None = None, batch: int = 32, block: int = 512, device: str = "cpu"):
         from imgutils.metrics import ccip
 
         self._ccip = ccip
-        self.model = model or ccip._DEFAULT_MODEL_NAMES
-        self.model_id = self.model
+        self.model = ccip_name(model or "") or imgutils_adapter.default_ccip_model()
+        self.model_id = ccip_model_id(self.model)
         self.batch, self.block = max(1, int(batch)), max(1, int(block))
+        imgutils_adapter.configure_sessions(device, _session_threads())
         what = f"CCIP {self.model!r}"
-        _require_hf_files(CCIP_REPO, _ccip_files(self.model), what)
-        with hf_offline(), _hf_missing_as_error(what):
-            # the same lru-cached loaders the public ccip_* functions call
-            feat = ccip._open_feat_model(self.model)
-            ccip._open_metric_model(self.model)
+        with local_hub(), _hub_missing_as_error(what):
+            feat, _ = imgutils_adapter.open_ccip(self.model)
             self._threshold = float(ccip.ccip_default_threshold(self.model))
+        self.session = feat
         dim = feat.get_outputs()[0].shape[-1]
         self.dim = dim if isinstance(dim, int) else int(self.embed([np.zeros((8, 8, 3), np.uint8)]).shape[1])
 
     def embed(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
         """(N, dim) float32 features of RGB crops."""
         parts = []
-        with hf_offline():
+        with local_hub():
             for i in range(0, len(crops_rgb), self.batch):
                 images = [Image.fromarray(np.ascontiguousarray(c)).convert("RGB")
                           for c in crops_rgb[i:i + self.batch]]
@@ -256,13 +321,41 @@ class CcipEmbedder:
         a = np.asarray(a, np.float32).reshape(-1, self.dim)
         b = np.asarray(b, np.float32).reshape(-1, self.dim)
         out = np.zeros((len(a), len(b)), np.float32)
-        with hf_offline():
+        with local_hub():
             for i in range(0, len(a), self.block):
                 for j in range(0, len(b), self.block):
                     xa, xb = a[i:i + self.block], b[j:j + self.block]
                     full = self._ccip.ccip_batch_differences(list(xa) + list(xb), model=self.model)
                     out[i:i + len(xa), j:j + len(xb)] = full[:len(xa), len(xa):]
         return out
+
+
+# -- what a config needs ----------------------------------------------------------------------------
+def needed(config: dict) -> dict[str, str]:
+    """The hub models a resolved config runs: role -> name (``yolo`` weights, ``faces``, ``ccip``)."""
+    det, emb = config["detect"], config["embed"]
+    out = {}
+    if det["detector"] == "yolo":
+        out["yolo"] = det["weights"]
+    if det["detector"] == "imgutils" or (det["detector"] == "yolo" and emb["model"] == "ccip"):
+        out["faces"] = det["face_model"] or DEFAULT_FACE_MODEL
+    if emb["model"] == "ccip":
+        out["ccip"] = ccip_name(emb["ccip_model"]) or imgutils_adapter.default_ccip_model()
+    return out
+
+
+def check_models(config: dict, device: str = "cpu") -> None:
+    """Fail at once, before any episode starts, when a hub model the config runs is not on this
+    machine, or ``device`` cannot run the ONNX ones."""
+    wanted = needed(config)
+    if "yolo" in wanted:
+        resolve_yolo_weights(wanted["yolo"])
+    if "faces" in wanted:
+        face_model_id(wanted["faces"])
+    if "ccip" in wanted:
+        ccip_model_id(wanted["ccip"])
+    if "faces" in wanted or "ccip" in wanted:
+        check_device(device)
 
 
 # -- pulling --------------------------------------------------------------------------------------
@@ -277,67 +370,64 @@ def _check_reachable(url: str, timeout: float = 3.0) -> None:
                               "connected machine: run it there and copy the folder, or use `--profile offline`") from e
 
 
-def pull_models(to: Path | None = None, yolo_weights: str = "yolov8m.pt", ccip_model: str | None = None,
-                face_model: str | None = None) -> list[str]:
-    """Fetch every full-profile model into ``to`` for air-gapped workers; returns the local paths.
+def _download(url: str, target: Path) -> None:
+    """Fetch ``url`` beside ``target`` and rename it into place once complete, so a pull that fails
+    half-way leaves no file a later run would take as the weights."""
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp, open(part, "wb") as out:
+            expected = int(resp.headers.get("Content-Length") or 0)
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+        if expected and part.stat().st_size != expected:
+            raise ConnectionError(f"{url}: got {part.stat().st_size} of {expected} bytes")
+        os.replace(part, target)
+    except urllib.error.HTTPError as e:
+        raise ConnectionError(f"{url}: HTTP {e.code} (not a YOLO release file?)") from e
+    finally:
+        part.unlink(missing_ok=True)
 
-    YOLO weights land in ``to/``; imgutils' models in the hub cache ``to/hf/hub``, so workers set
-    ``ANITRACK_MODELS=to HF_HOME=to/hf HF_HUB_OFFLINE=1``.
-    """
+
+def pull_models(config: dict, to: Path | None = None) -> list[str]:
+    """Fetch every hub model ``config`` runs into ``to`` (default ``models_dir()``); returns the local
+    paths. Workers without a network then need only ``ANITRACK_MODELS=to``."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    _check_reachable(constants.ENDPOINT)
-    if not Path(yolo_weights).is_file():
-        _check_reachable(YOLO_ASSETS_URL)
+    wanted = needed(config)
     to = Path(to) if to is not None else models_dir()
-    ccip_model = ccip_model or default_ccip_model()
-    face_model = face_model or DEFAULT_FACE_MODEL
-
+    yolo = Path(wanted["yolo"]).expanduser() if "yolo" in wanted else None
+    if "faces" in wanted or "ccip" in wanted:
+        _check_reachable(constants.ENDPOINT)
+    if yolo is not None and not yolo.is_file():
+        _check_reachable(yolo_releases())
     to.mkdir(parents=True, exist_ok=True)
     fetched = []
-    if Path(yolo_weights).is_file():  # a local file: copy it in so workers find it by name
-        target = to / Path(yolo_weights).name
-        if target.resolve() != Path(yolo_weights).resolve():
-            target.write_bytes(Path(yolo_weights).read_bytes())
+    if yolo is not None:
+        target = to / yolo.name
+        if yolo.is_file():  # a local file: copy it in so workers find it by name
+            if target.resolve() != yolo.resolve():
+                target.write_bytes(yolo.read_bytes())
+        elif not target.is_file():
+            _download(f"{yolo_releases()}/{yolo.name}", target)
         fetched.append(str(target))
-    else:
-        os.environ.setdefault("YOLO_OFFLINE", "1")
-        from ultralytics.utils.downloads import attempt_download_asset
-
-        target = to / Path(yolo_weights).name
-        attempt_download_asset(target)  # downloads to the given path, not to ultralytics' weights_dir
-        if not target.is_file():
-            raise RuntimeError(f"ultralytics did not provide YOLO weights {yolo_weights!r} (not a release asset?)")
-        fetched.append(str(target))
-
-    wanted = [(CCIP_REPO, f, True) for f in _ccip_files(ccip_model)]
-    wanted += [(CCIP_REPO, f"{ccip_model}/cluster.json", False),
-               (FACE_REPO, f"{face_model}/model.onnx", True),
-               (FACE_REPO, f"{face_model}/model_type.json", False),  # absent means 'yolo'
-               (FACE_REPO, f"{face_model}/threshold.json", False)]
-    cache = to / "hf" / "hub"
+    files = []
+    if "ccip" in wanted:
+        files += [(CCIP_REPO, f, True) for f in _ccip_files(wanted["ccip"])]
+        files.append((CCIP_REPO, f"{wanted['ccip']}/cluster.json", False))
+    if "faces" in wanted:
+        files += [(FACE_REPO, f, True) for f in _face_files(wanted["faces"])]
+        files += [(FACE_REPO, f"{wanted['faces']}/model_type.json", False),  # absent means 'yolo'
+                  (FACE_REPO, f"{wanted['faces']}/threshold.json", False)]
     saved = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = False  # pulling is the one time we go online
     try:
-        for repo_id, filename, required in wanted:
-            try:
-                fetched.append(hf_hub_download(repo_id, filename, cache_dir=cache, etag_timeout=10))
+        for repo_id, filename, required in files:
+            try:  # huggingface_hub writes '.incomplete' files and moves them in when complete
+                fetched.append(hf_hub_download(repo_id, filename, cache_dir=to / "hf" / "hub", etag_timeout=10))
             except EntryNotFoundError:  # optional file absent upstream: imgutils falls back to defaults
                 if required:
                     raise
     finally:
         constants.HF_HUB_OFFLINE = saved
     return fetched
-
-
-def check_full_profile(config: dict) -> None:
-    """Fail at once, before any episode starts, when a full-profile model is not on this machine."""
-    if config["detect"]["detector"] == "yolo":
-        resolve_yolo_weights(config["detect"]["weights"])
-    if config["embed"]["model"] == "ccip":
-        model = config["embed"]["ccip_model"] or default_ccip_model()
-        _require_hf_files(CCIP_REPO, _ccip_files(model), f"CCIP {model!r}")
-        if config["detect"]["detector"] == "yolo":
-            _require_hf_files(FACE_REPO, [f"{DEFAULT_FACE_MODEL}/model.onnx"],
-                              f"imgutils face detector {DEFAULT_FACE_MODEL!r}")

@@ -16,13 +16,16 @@ class Stage:
     model: str | None            # its key in ``ingest.model_ids`` (None: no model of its own)
     reads_frames: bool           # needs the decoded video (the alternative: stored crops)
     how_not_what: tuple[str, ...] = ()  # settings that say how it runs, not what it writes: in no fingerprint
+    # settings added later, at the value that writes what the stage wrote before they existed: left out of
+    # the fingerprint at that value, so adding a setting does not make every existing lake stale
+    added: tuple[tuple[str, object], ...] = ()
 
 
 STAGES = (
     Stage("shots", "shots", (), "shots", True),
-    Stage("detections", "detect", (), "detect", True, ("workers",)),
+    Stage("detections", "detect", (), "detect", True, ("workers",), added=(("face_model", ""),)),
     Stage("tracklets", "track", ("shots", "detections"), None, True),
-    Stage("crops", "crops", ("tracklets",), "faces", True),  # person-first: the finder that cuts the faces
+    Stage("crops", "crops", ("tracklets",), "faces", True, added=(("select", "even"),)),  # person-first: the finder that cuts the faces
     Stage("embeddings", "embed", ("crops",), "embed", False, ("batch",)),
 )
 STAGE_TABLES = tuple(s.table for s in STAGES)

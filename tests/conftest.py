@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,39 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+# -- hub models: a fake cache the model wrappers must read without the network ------------------------
+@pytest.fixture(scope="session")
+def imgutils_loaded():
+    """Import imgutils once, outside the timed sections (its import alone takes seconds)."""
+    import imgutils.detect
+    import imgutils.metrics
+
+    assert imgutils.detect and imgutils.metrics
+
+
+@pytest.fixture(scope="session")
+def silent_endpoint():
+    """A server that accepts connections and never answers: any hub request made stalls until timeout."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(64)
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, imgutils_loaded, silent_endpoint):
+    """An empty model cache (``ANITRACK_MODELS/hf/hub``) behind a silent endpoint, so a test is slow if
+    anything skips the cache; huggingface_hub's own cache points elsewhere, as a site-wide one might."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("ANITRACK_MODELS", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "site-wide"))  # models.py must not read it
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # models.py must force offline itself
+    monkeypatch.setattr(constants, "ENDPOINT", silent_endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        silent_endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    return cache

@@ -4,7 +4,7 @@ from anitrack.config import ConfigError, load_config, resolve_profile
 
 
 def test_defaults_follow_the_paper():
-    cfg = load_config(environ={})
+    cfg = resolve_profile(load_config(environ={}), "full")
     assert cfg["detect"]["conf"] == 0.45 and cfg["detect"]["stride"] == 3
     assert cfg["track"] == {"iou": 0.30, "max_gap": 15, "min_detections": 3}
     assert cfg["crops"]["per_tracklet"] == 20 and cfg["crops"]["up_ratio"] == 0.45 and cfg["crops"]["pad"] == 25
@@ -34,6 +34,16 @@ def test_profiles_fill_auto_choices():
     assert resolve_profile(load_config(environ={}), "offline")["detect"]["detector"] == "animeface"
     full = resolve_profile(load_config(environ={}), "full")
     assert full["detect"]["detector"] == "yolo" and full["embed"]["model"] == "ccip"
+    assert full["crops"]["select"] == "even" and full["crops"]["per_tracklet"] == 20
+    # hub-cpu: faces straight from frames with the imgutils detector, CCIP on each tracklet's best few crops
+    laptop = resolve_profile(load_config(environ={}), "hub-cpu")
+    assert (laptop["detect"]["detector"], laptop["embed"]["model"]) == ("imgutils", "ccip")
+    assert laptop["crops"]["select"] == "best" and 3 <= laptop["crops"]["per_tracklet"] <= 5
+    # a choice the user made is kept
+    mine = resolve_profile(load_config(["crops.per_tracklet=7", "crops.select=even"], environ={}), "hub-cpu")
+    assert mine["crops"]["per_tracklet"] == 7 and mine["crops"]["select"] == "even"
+    with pytest.raises(ConfigError, match="crops.select"):
+        resolve_profile(load_config(["crops.select=random"], environ={}), "offline")
     with pytest.raises(ConfigError):
         resolve_profile(load_config(environ={}), "fast")
     with pytest.raises(ConfigError, match="shots.backend"):

@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
+from anitrack import imgutils_adapter, models
 from anitrack.config import load_config, resolve_profile
 from anitrack.ingest import fingerprints, model_ids
 from anitrack.stages import STAGE_TABLES
+from tests.fake_hub import install_fake_ccip, install_fake_face, put_hf_file
 
 
 def offline(**changes) -> dict:
@@ -22,6 +24,14 @@ def offline(**changes) -> dict:
 def recomputed(before: dict, after: dict) -> set[str]:
     a, b = (fingerprints("content", c, model_ids(c)) for c in (before, after))
     return {t for t in STAGE_TABLES if a[t] != b[t]}
+
+
+@pytest.fixture
+def pulled(hub):
+    """imgutils' default CCIP model and face detector as stand-ins in the model cache."""
+    install_fake_ccip(hub, imgutils_adapter.default_ccip_model())
+    install_fake_face(hub, models.DEFAULT_FACE_MODEL)
+    return hub
 
 
 @pytest.fixture
@@ -42,7 +52,7 @@ def test_another_embedder_recomputes_embeddings_only():
     assert recomputed(offline(), offline(embed__model="descriptor")) == {"embeddings"}
 
 
-def test_another_face_finder_recomputes_crops_and_embeddings(person_first):
+def test_another_face_finder_recomputes_crops_and_embeddings(person_first, pulled):
     """Person-first, the face inside each person box is found by imgutils beside CCIP and by
     animeface otherwise: the crops it cut must not be reused by the other."""
     with_animeface = offline(**person_first, embed__model="descriptor")
@@ -52,7 +62,27 @@ def test_another_face_finder_recomputes_crops_and_embeddings(person_first):
     assert recomputed(with_animeface, with_imgutils) == {"crops", "embeddings"}
 
 
-def test_face_first_crops_do_not_depend_on_the_embedder():
+def test_a_new_hub_revision_of_ccip_recomputes_embeddings_only(person_first, pulled):
+    """A re-pull after an upstream update must not mix two models' vectors under one name."""
+    config = offline(**person_first, embed__model="ccip")
+    before = fingerprints("content", config, model_ids(config))
+    ccip = imgutils_adapter.default_ccip_model()
+    assert model_ids(config)["embed"].startswith(ccip + "@")
+    folder = pulled / f"models--{models.CCIP_REPO.replace('/', '--')}"
+    old = (folder / "refs" / "main").read_text()
+    for f in (folder / "snapshots" / old).rglob("*"):  # the same files, now under a new commit
+        if f.is_file():
+            rel = f.relative_to(folder / "snapshots" / old).as_posix()
+            new_path = put_hf_file(pulled, models.CCIP_REPO, rel, f.read_bytes(), commit="1" * 40)
+    assert new_path.exists()
+    import shutil
+
+    shutil.rmtree(folder / "snapshots" / old)
+    after = fingerprints("content", config, model_ids(config))
+    assert {t for t in STAGE_TABLES if before[t] != after[t]} == {"embeddings"}
+
+
+def test_face_first_crops_do_not_depend_on_the_embedder(pulled):
     """The face-first detector found the faces; no second finder is in the crops' fingerprint."""
     assert model_ids(offline())["faces"] == ""
     assert "crops" not in recomputed(offline(), offline(embed__model="ccip"))

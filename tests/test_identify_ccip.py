@@ -14,8 +14,7 @@ import pytest
 from anitrack import models
 from anitrack.identify import ccip_centroid, ccip_merge_clusters, identify
 from anitrack.lake import Lake
-from tests.test_models_full import (ccip_feat_onnx, ccip_metric_onnx, hub, imgutils_loaded,  # noqa: F401
-                                    put_hf_file, silent_endpoint, unique)
+from tests.fake_hub import ccip_feat_onnx, ccip_metric_onnx, put_hf_file, unique
 
 DIM = 16
 THRESHOLD = 0.3  # difference <= 0.3, i.e. cosine >= 0.7: same character
@@ -99,7 +98,8 @@ def test_identify_uses_ccip_metric_and_threshold(hub, tmp_path):  # noqa: F811
     put_hf_file(hub, models.CCIP_REPO, f"{model}/model_feat.onnx", ccip_feat_onnx(DIM))
     put_hf_file(hub, models.CCIP_REPO, f"{model}/model_metrics.onnx", ccip_metric_onnx(DIM))
     put_hf_file(hub, models.CCIP_REPO, f"{model}/metrics.json", json.dumps({"threshold": THRESHOLD}).encode())
-    lake, group = _lake_with_groups(tmp_path / "lake", model)
+    model_id = models.ccip_model_id(model)  # the name and hub commit, as CCIP vectors are stored
+    lake, group = _lake_with_groups(tmp_path / "lake", model_id)
     config = resolve_profile(load_config(environ={}), "offline")
     summary = identify(lake, "s", config)
 
@@ -127,8 +127,8 @@ def test_identify_uses_ccip_metric_and_threshold(hub, tmp_path):  # noqa: F811
     run = lake.read("identity_runs", "s").to_pylist()[0]
     params = json.loads(run["parameters"])
     assert params["metric"] == "ccip" and params["ccip_threshold"] == pytest.approx(THRESHOLD)
-    assert params["model"] == model and params["cluster"]["merge_threshold"] == 0.0  # 0: the embedder's own
-    assert run["model"] == model
+    assert params["model"] == model_id and params["cluster"]["merge_threshold"] == 0.0  # 0: the embedder's own
+    assert run["model"] == model_id
 
 
 def test_null_metric_is_cosine_and_needs_no_ccip_model(tmp_path):

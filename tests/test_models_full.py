@@ -8,14 +8,12 @@ through imgutils' own loading and inference code.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,137 +21,16 @@ import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: no DNS probe at import
 
-from anitrack import models  # noqa: E402
+from anitrack import imgutils_adapter, models  # noqa: E402
+from anitrack.config import load_config, resolve_profile  # noqa: E402
 from anitrack.models import ModelMissingError  # noqa: E402
+from tests.fake_hub import (ccip_feat_onnx, install_fake_ccip, install_fake_face, put_hf_file,  # noqa: E402
+                            unique, yolo_weights)
 
 
 
-# -- helpers --------------------------------------------------------------------------------------
-def put_hf_file(hub: Path, repo_id: str, filename: str, data: bytes) -> Path:
-    """Write one file the way huggingface_hub lays out its cache (refs/main -> snapshots/<commit>/...)."""
-    folder = hub / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-    path = folder / "snapshots" / commit / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def _onnx_bytes(nodes, inputs, outputs, initializers=(), metadata=None) -> bytes:
-    import onnx
-    from onnx import helper
-
-    graph = helper.make_graph(nodes, "tiny", inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for k, v in (metadata or {}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def ccip_feat_onnx(dim: int = 768) -> bytes:
-    """CCIP's feature signature: 'input' float32 (N,3,384,384) -> 'output' float32 (N,dim)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).normal(size=(3, dim)).astype(np.float32)
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "w"], ["output"])]
-    return _onnx_bytes(nodes,
-                       [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 384, 384])],
-                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", dim])],
-                       [numpy_helper.from_array(w, "w")])
-
-
-def ccip_metric_onnx(dim: int = 768) -> bytes:
-    """CCIP's metric signature: 'input' float32 (N,dim) -> 'output' float32 (N,N); here 1 - cosine."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("ReduceL2", ["input"], ["norm"], axes=[1], keepdims=1),
-             helper.make_node("Div", ["input", "norm"], ["unit"]),
-             helper.make_node("Transpose", ["unit"], ["unit_t"], perm=[1, 0]),
-             helper.make_node("MatMul", ["unit", "unit_t"], ["sim"]),
-             helper.make_node("Sub", ["one", "sim"], ["output"])]
-    return _onnx_bytes(nodes,
-                       [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", dim])],
-                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", "N"])],
-                       [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
-
-
-# two candidate faces in a 64x64 input, YOLOv8 layout (1, 4 + classes, boxes), xywh centres;
-# scores scale with the image's mean brightness so black crops have no face.
-FACE_BOXES = np.array([[32, 10], [32, 10], [20, 8], [20, 8]], np.float32)  # rows x, y, w, h; cols boxes
-FACE_SCORES = np.array([0.9, 0.5], np.float32)
-
-
-def face_onnx() -> bytes:
-    """imgutils YOLO signature: 'images' float32 (1,3,H,W) -> 'output0' (1, 5, K); metadata names/imgsz."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    k = FACE_BOXES.shape[1]
-    base = np.zeros((1, 5, k), np.float32)
-    base[0, :4] = FACE_BOXES
-    scale = np.zeros((1, 5, k), np.float32)
-    scale[0, 4] = FACE_SCORES
-    nodes = [helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
-             helper.make_node("Mul", ["mean", "scale"], ["scores"]),
-             helper.make_node("Add", ["base", "scores"], ["output0"])]
-    return _onnx_bytes(nodes,
-                       [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, "H", "W"])],
-                       [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, k])],
-                       [numpy_helper.from_array(base, "base"), numpy_helper.from_array(scale, "scale")],
-                       metadata={"names": "{0: 'face'}", "imgsz": "[64, 64]"})
-
-
-def install_fake_ccip(hub: Path, model: str, threshold: float = 0.17) -> None:
-    put_hf_file(hub, models.CCIP_REPO, f"{model}/model_feat.onnx", ccip_feat_onnx())
-    put_hf_file(hub, models.CCIP_REPO, f"{model}/model_metrics.onnx", ccip_metric_onnx())
-    put_hf_file(hub, models.CCIP_REPO, f"{model}/metrics.json", json.dumps({"threshold": threshold}).encode())
-
-
-def install_fake_face(hub: Path, model_name: str) -> None:
-    put_hf_file(hub, models.FACE_REPO, f"{model_name}/model.onnx", face_onnx())
-
-
-def unique(prefix: str) -> str:
-    """imgutils caches opened models by name for the whole process: never reuse one."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def imgutils_loaded():
-    """Import imgutils once, outside the timed sections (its import alone takes seconds)."""
-    import imgutils.detect  # noqa: F401
-    import imgutils.metrics  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def silent_endpoint():
-    """A server that accepts connections and never answers: any hub request made stalls until timeout."""
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(64)
-        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch, imgutils_loaded, silent_endpoint):
-    """An empty hub cache behind a silent endpoint, so a test is slow if anything skips the cache."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import; patch the live value
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # models.py must force offline itself
-    monkeypatch.setattr(constants, "ENDPOINT", silent_endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        silent_endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    return cache
+def full_config(*sets: str) -> dict:
+    return resolve_profile(load_config(list(sets), environ={}), "full")
 
 
 def assert_helpful(err: ModelMissingError, *names: str) -> None:
@@ -166,16 +43,8 @@ def assert_helpful(err: ModelMissingError, *names: str) -> None:
 # -- YOLO -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def yolo_dir(tmp_path_factory):
-    from ultralytics import YOLO
-
-    import torch
-
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("anitrack_models")
-    yolo = YOLO("yolov8n.yaml")  # random weights, built locally
-    for branch in yolo.model.model[-1].cv3:  # make class 0 (person) fire everywhere, so boxes come out
-        branch[-1].bias.data[0] = 4.0
-    yolo.save(str(d / "yolov8n.pt"))
+    yolo_weights(d / "yolov8n.pt")
     return d
 
 
@@ -250,7 +119,14 @@ def test_ccip_embeds_and_compares_through_imgutils(hub):
     t0 = time.monotonic()
     emb = models.CcipEmbedder(model=model, batch=2)
     assert constants.HF_HUB_OFFLINE is False  # forced offline only while loading
-    assert emb.name == "ccip" and emb.metric == "ccip" and emb.model_id == model
+    assert emb.name == "ccip" and emb.metric == "ccip"
+    commit = hashlib.sha1(models.CCIP_REPO.encode()).hexdigest()  # put_hf_file's snapshot
+    assert emb.model_id == f"{model}@{commit[:12]}" == models.ccip_model_id(model)
+    # the sessions keep the process's thread budget and the asked device, not imgutils' every core
+    import torch
+
+    assert emb.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    assert emb.session.get_providers() == ["CPUExecutionProvider"]
     assert emb.dim == 768 and emb.threshold() == pytest.approx(0.21)
     rng = np.random.default_rng(2)
     crops = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(50, 40), (64, 64), (30, 90)]]
@@ -280,7 +156,7 @@ def test_ccip_missing_model_fails_fast(hub):
     t0 = time.monotonic()
     with pytest.raises(ModelMissingError) as err:
         models.CcipEmbedder()  # imgutils' default model name, empty cache
-    assert_helpful(err.value, models.default_ccip_model(), str(hub))
+    assert_helpful(err.value, imgutils_adapter.default_ccip_model(), str(hub))
     model = unique("ccip-half")
     put_hf_file(hub, models.CCIP_REPO, f"{model}/model_feat.onnx", ccip_feat_onnx())
     with pytest.raises(ModelMissingError) as err:
@@ -296,7 +172,7 @@ def test_face_finder_through_imgutils(hub):
     install_fake_face(hub, name)
     t0 = time.monotonic()
     finder = models.ImgutilsFaceFinder(model_name=name, conf=0.25)
-    assert finder.name == "imgutils" and name in finder.model_id
+    assert finder.name == "imgutils" and finder.model_id.startswith(f"{models.FACE_REPO}/{name}@")
     white = np.full((96, 128, 3), 255, np.uint8)
     gray = np.full((96, 128, 3), 102, np.uint8)  # mean 0.4: only the 0.9 box passes 0.25
     black = np.zeros((50, 50, 3), np.uint8)
@@ -319,19 +195,36 @@ def test_face_finder_missing_model_fails_fast(hub):
     assert time.monotonic() - t0 < 3
 
 
-def test_hf_offline_nests_and_restores(monkeypatch):
+def test_local_hub_nests_and_restores(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with models.hf_offline():
-        with models.hf_offline():
-            assert constants.is_offline_mode()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/site/wide/cache")
+    monkeypatch.setenv("ANITRACK_MODELS", str(tmp_path))
+    with models.local_hub():
+        with models.local_hub():
+            assert constants.is_offline_mode() and constants.HF_HUB_CACHE == str(tmp_path / "hf" / "hub")
         assert constants.is_offline_mode()
-    assert constants.HF_HUB_OFFLINE is False
+    assert constants.HF_HUB_OFFLINE is False and constants.HF_HUB_CACHE == "/site/wide/cache"
+
+
+def test_imgutils_private_names_exist(imgutils_loaded):
+    """anitrack relies on these imgutils internals (imgutils_adapter.py): an upgrade that moves one fails here."""
+    import inspect
+
+    from imgutils.metrics import ccip
+    from imgutils.utils import onnxruntime as ort_utils
+
+    assert isinstance(ccip._DEFAULT_MODEL_NAMES, str) and ccip._DEFAULT_MODEL_NAMES
+    assert callable(ccip._open_feat_model) and callable(ccip._open_metric_model)
+    opener = ort_utils._open_onnx_model
+    if getattr(opener, "__module__", "") != imgutils_adapter.__name__:
+        assert list(inspect.signature(opener).parameters)[:2] == ["ckpt", "provider"]
+    assert "_open_onnx_model" in inspect.getsource(ort_utils.open_onnx_model)  # looked up at each call
 
 
 def test_air_gapped_recipe_in_fresh_process(tmp_path):
-    """ANITRACK_MODELS=DIR HF_HOME=DIR/hf HF_HUB_OFFLINE=1, set before any import, as a worker would."""
+    """ANITRACK_MODELS=DIR alone, as a worker would have it, even with a site-wide HF_HUB_CACHE elsewhere."""
     ccip_name, face_name = unique("ccip-env"), unique("face-env")
     hub = tmp_path / "hf" / "hub"
     install_fake_ccip(hub, ccip_name)
@@ -349,9 +242,9 @@ def test_air_gapped_recipe_in_fresh_process(tmp_path):
             missing = str(e)
         print(f.shape, emb.threshold(), box.tolist(), {str(hub)!r} in missing)
     """)
-    env = {**os.environ, "ANITRACK_MODELS": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
-           "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1"}
-    env.pop("HF_HUB_CACHE", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "ANITRACK_"))}
+    env.update(ANITRACK_MODELS=str(tmp_path), HF_HUB_CACHE=str(tmp_path / "elsewhere"), YOLO_OFFLINE="1",
+               HF_ENDPOINT="http://127.0.0.1:9")  # a closed port: any request fails at once
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "(1, 768) 0.17 [22.0, 22.0, 42.0, 42.0] True"
@@ -365,7 +258,7 @@ def test_pull_fails_fast_when_hub_unreachable(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # closed port
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match="anitrack models pull"):
-        models.pull_models(to=tmp_path / "pulled")
+        models.pull_models(full_config(), to=tmp_path / "pulled")
     assert time.monotonic() - t0 < 5
     assert not (tmp_path / "pulled").exists()
 
@@ -381,7 +274,7 @@ def test_pull_gives_up_on_a_silent_server(tmp_path, monkeypatch):
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{srv.getsockname()[1]}")
         t0 = time.monotonic()
         with pytest.raises(ConnectionError, match="cannot reach"):
-            models.pull_models(to=tmp_path / "pulled")
+            models.pull_models(full_config(), to=tmp_path / "pulled")
         assert time.monotonic() - t0 < 10
 
 
@@ -397,5 +290,16 @@ def test_pull_on_this_machine_fails_clearly(tmp_path):
         pytest.skip("the hub is reachable here; not downloading real models in a unit test")
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match="anitrack models pull"):
-        models.pull_models(to=tmp_path / "pulled")
+        models.pull_models(full_config(), to=tmp_path / "pulled")
     assert time.monotonic() - t0 < 30
+
+
+def test_cuda_without_a_cuda_onnxruntime_is_refused_in_one_line():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    models.check_device("cpu")
+    with pytest.raises(ModelMissingError) as err:
+        models.check_device("cuda")
+    assert "anitrack[gpu]" in str(err.value) and "\n" not in str(err.value)
