@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from anitrack import crops as cropping
 from anitrack import imgutils_adapter
 
 FACE_REPO = "deepghs/anime_face_detection"  # imgutils.detect.face._REPO_ID
@@ -251,9 +252,7 @@ class ImgutilsFaceDetector:
                 for boxes, scores in self.detect(crops_rgb)]
 
     def find_face_in_still(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
-        from anitrack.detect import find_face_in_still
-
-        return find_face_in_still(self.find_faces, rgb)
+        return cropping.find_face_in_still(self.find_faces, rgb)
 
     def close(self) -> None:
         pass
