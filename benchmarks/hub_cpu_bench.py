@@ -1,0 +1,175 @@
+"""The hub-cpu profile on a CPU: seconds per stage and the ratio to decoding, with cost-faithful stand-ins.
+
+The hub models cannot be downloaded here, so they are stand-ins with the real models'
+architecture, input size and file names, placed in a temporary model folder and run by
+the real pipeline (imgutils' own loaders and pre/post-processing):
+
+- face detector: YOLOv8 of the hub model's level (``face_detect_v1.4_s`` is a YOLOv8s) with
+  random weights at imgutils' 640x640 input; its output is replaced by two fixed face boxes
+  (random weights would find hundreds), so every shot yields two tracklets: more than an
+  anime episode's ~300 tracklets, so the CCIP figure errs on the slow side;
+- CCIP: caformer_s36 at 384x384 (CCIP's architecture and input) with random weights, and a
+  1 - cosine metric model.
+
+Decoding alone (PyAV, the same file) is timed first; then the episode pipeline runs once per
+variant (``--variant detect.stride=6`` adds one), all in this one process on this machine.
+
+    python benchmarks/hub_cpu_bench.py --seconds 120            # a 2-minute 720p episode
+    python benchmarks/hub_cpu_bench.py --seconds 60 --variant detect.stride=6 --variant detect.face_model=face_detect_v1.4_n
+
+Needs the ``bench`` extra (timm) for the caformer stand-in.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def put_hub_file(hub: Path, repo_id: str, filename: str, data: bytes) -> None:
+    """One file laid out as huggingface_hub caches it (refs/main -> snapshots/<commit>/<file>)."""
+    folder = hub / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    path = folder / "snapshots" / commit / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def export(module: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str], dynamic_batch: bool,
+           metadata: dict | None = None) -> bytes:
+    """ONNX bytes with the real model's input/output names (and metadata imgutils reads)."""
+    import onnx
+
+    axes = {names[0]: {0: "batch"}, names[1]: {0: "batch"}} if dynamic_batch else None
+    torch.onnx.export(module.eval(), (example,), str(path), input_names=[names[0]], output_names=[names[1]],
+                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    model = onnx.load(str(path))
+    for k, v in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    return model.SerializeToString()
+
+
+class FixedFaces(torch.nn.Module):
+    """The YOLOv8 trunk's full cost, then two fixed faces (xywh centres in the 640x640 input)."""
+
+    def __init__(self, level: str):
+        super().__init__()
+        from ultralytics.nn.tasks import DetectionModel
+
+        self.net = DetectionModel(f"yolov8{level}.yaml", nc=1, verbose=False)
+        boxes = torch.zeros(1, 5, 2)
+        boxes[0, :, 0] = torch.tensor([200.0, 220.0, 90.0, 110.0, 0.9])
+        boxes[0, :, 1] = torch.tensor([450.0, 240.0, 80.0, 100.0, 0.8])
+        self.register_buffer("boxes", boxes)
+
+    def forward(self, x):
+        y = self.net(x)
+        y = y[0] if isinstance(y, (tuple, list)) else y
+        return self.boxes + 1e-9 * y.mean()  # depends on the trunk, so no optimiser drops it
+
+
+class Caformer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model("caformer_s36", pretrained=False, num_classes=0)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class OneMinusCosine(torch.nn.Module):
+    def forward(self, x):
+        unit = x / x.norm(dim=1, keepdim=True)
+        return 1.0 - unit @ unit.T
+
+
+def install_stand_ins(models_dir: Path, face_models: list[str], ccip_model: str) -> None:
+    from anitrack import models
+
+    hub = models_dir / "hf" / "hub"
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in face_models:
+            level = name.rsplit("_", 1)[-1]
+            data = export(FixedFaces(level), torch.rand(1, 3, 640, 640), Path(tmp) / "face.onnx", ("images", "output0"), False,
+                          {"names": "{0: 'face'}", "imgsz": "[640, 640]"})
+            put_hub_file(hub, models.FACE_REPO, f"{name}/model.onnx", data)
+        feat = export(Caformer(), torch.rand(1, 3, 384, 384), Path(tmp) / "feat.onnx", ("input", "output"), True)
+        metric = export(OneMinusCosine(), torch.rand(4, 768), Path(tmp) / "metric.onnx", ("input", "output"), True)
+    put_hub_file(hub, models.CCIP_REPO, f"{ccip_model}/model_feat.onnx", feat)
+    put_hub_file(hub, models.CCIP_REPO, f"{ccip_model}/model_metrics.onnx", metric)
+    put_hub_file(hub, models.CCIP_REPO, f"{ccip_model}/metrics.json", json.dumps({"threshold": 0.178}).encode())
+
+
+def decode_seconds(path: Path) -> tuple[float, int]:
+    from anitrack.video import iter_frames
+
+    start = time.perf_counter()
+    n = sum(1 for _ in iter_frames(str(path)))
+    return time.perf_counter() - start, n
+
+
+def run_variant(path: Path, sets: list[str], device: str) -> dict:
+    from anitrack.config import load_config, resolve_profile
+    from anitrack.episode import EpisodePipeline
+
+    config = resolve_profile(load_config(sets, environ={}), "hub-cpu")
+    pipeline = EpisodePipeline(config, device)  # models load outside the clock, as a worker loads them once
+    start = time.perf_counter()
+    out = pipeline.run(str(path), "bench", "episode")
+    wall = time.perf_counter() - start
+    pipeline.close()
+    return {"wall": wall, "stages": dict(out.clock.seconds), "duration": out.duration_s,
+            "tracklets": out.tables["tracklets"].num_rows, "crops": out.tables["crops"].num_rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of the synthetic 720p episode")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: TransNetV2 and (with the gpu extra) both ONNX models on the GPU")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="stage.key=value[,stage.key=value]: another configuration to time in the same run")
+    args = parser.parse_args()
+    variants = [[]] + [v.split(",") for v in args.variant]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["ANITRACK_MODELS"] = str(Path(tmp) / "models")
+        from anitrack import imgutils_adapter, models
+        from anitrack.synth import synthesize_series
+
+        faces = sorted({models.DEFAULT_FACE_MODEL} | {s.split("=", 1)[1] for v in variants for s in v
+                                                       if s.startswith("detect.face_model=")})
+        install_stand_ins(Path(tmp) / "models", faces, imgutils_adapter.default_ccip_model())
+        series = synthesize_series(Path(tmp) / "video", series="bench", episodes=1, characters=4,
+                                   seconds=args.seconds, seed=3, width=1280, height=720)
+        video = next(series.glob("*.mp4"))
+        decode, frames = decode_seconds(video)
+        if args.device == "cuda":
+            models.check_device("cuda")
+        results = [(v, run_variant(video, v, args.device)) for v in variants]
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU threads: {torch.get_num_threads()}"
+    print(f"{where}; episode: {args.seconds:.0f} s of 1280x720, {frames} frames; "
+          f"decode only (PyAV): {decode:.1f} s")
+    stages = ["decode", "shots", "detect", "track", "crops", "embed"]
+    print(f"{'variant':<44} " + " ".join(f"{s:>7}" for s in stages)
+          + f" {'total s':>8} {'x decode':>9} {'x real time':>12} {'22-min ep.':>11} {'tracklets':>10} {'crops':>6}")
+    for sets, r in results:
+        name = ",".join(sets) or "hub-cpu defaults"
+        per = " ".join(f"{r['stages'].get(s, 0.0):>7.1f}" for s in stages)
+        realtime = r["wall"] / r["duration"]
+        print(f"{name:<44} {per} {r['wall']:>8.1f} {r['wall'] / decode:>9.1f} {realtime:>12.2f} "
+              f"{realtime * 22:>8.1f} min {r['tracklets']:>10} {r['crops']:>6}")
+
+
+if __name__ == "__main__":
+    main()
