@@ -28,9 +28,10 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "detector": ("auto", "Detector: yolo (persons, then a face finder), animeface or imgutils (faces straight "
                              "from frames) or auto (yolo in full, imgutils in hub-cpu, animeface offline)."),
         "weights": ("yolov8m.pt", "YOLO weights: a path or a file name in the models directory."),
-        "face_model": ("", "imgutils face detector (hub model name); empty means face_detect_v1.4_s."),
+        "face_model": ("", "imgutils face detector (hub model name); empty: the profile's (face_detect_v1.4_s, "
+                           "YOLOv8s; face_detect_v1.4_n, YOLOv8n, in hub-cpu)."),
         "conf": (0.45, "Minimum detection confidence."),
-        "stride": (3, "Run the detector on every n-th frame."),
+        "stride": (0, "Run the detector on every n-th frame; 0: the profile's (3, the paper's; 6 in hub-cpu)."),
         "max_side": (640, "animeface sees frames downscaled to this longest side (cost grows with pixels; "
                           "recall on 480p anime was unchanged at 640); 0 = full size."),
         "workers": (0, "Detector processes inside one episode; 0 means one per CPU core."),
@@ -85,9 +86,13 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
 PROFILES = ("offline", "hub-cpu", "full")
 # what ``auto`` (or 0) means in each profile; offline needs no network, the others hub models
 PROFILE_CHOICES = {
-    "offline": {"detect.detector": "animeface", "embed.model": "hybrid", "crops.select": "even", "crops.per_tracklet": 20},
-    "hub-cpu": {"detect.detector": "imgutils", "embed.model": "ccip", "crops.select": "best", "crops.per_tracklet": 4},
-    "full": {"detect.detector": "yolo", "embed.model": "ccip", "crops.select": "even", "crops.per_tracklet": 20},
+    "offline": {"detect.detector": "animeface", "detect.stride": 3, "embed.model": "hybrid", "crops.select": "even",
+                "crops.per_tracklet": 20},
+    # measured so a 22-minute episode runs faster than real time on 2 cores (benchmarks/hub_cpu_bench.py)
+    "hub-cpu": {"detect.detector": "imgutils", "detect.stride": 6, "detect.face_model": "face_detect_v1.4_n",
+                "embed.model": "ccip", "crops.select": "best", "crops.per_tracklet": 4},
+    "full": {"detect.detector": "yolo", "detect.stride": 3, "embed.model": "ccip", "crops.select": "even",
+             "crops.per_tracklet": 20},
 }
 
 
@@ -181,7 +186,7 @@ def resolve_profile(config: dict, profile: str) -> dict:
     config = copy.deepcopy(config)
     for dotted, value in PROFILE_CHOICES[profile].items():
         stage, key = dotted.split(".")
-        if config[stage][key] in ("auto", 0):
+        if config[stage][key] in ("auto", 0, ""):
             config[stage][key] = value
     choices = {"detect.detector": ("yolo", "animeface", "imgutils"), "embed.model": ("ccip", "hybrid", "descriptor"),
                "shots.backend": ("transnetv2", "content", "adaptive"), "crops.format": ("webp", "png", "jpeg"),

@@ -39,6 +39,8 @@ def test_profiles_fill_auto_choices():
     laptop = resolve_profile(load_config(environ={}), "hub-cpu")
     assert (laptop["detect"]["detector"], laptop["embed"]["model"]) == ("imgutils", "ccip")
     assert laptop["crops"]["select"] == "best" and 3 <= laptop["crops"]["per_tracklet"] <= 5
+    assert laptop["detect"]["stride"] == 6 and laptop["detect"]["face_model"] == "face_detect_v1.4_n"
+    assert full["detect"]["stride"] == 3 and full["detect"]["face_model"] == ""  # imgutils' own default
     # a choice the user made is kept
     mine = resolve_profile(load_config(["crops.per_tracklet=7", "crops.select=even"], environ={}), "hub-cpu")
     assert mine["crops"]["per_tracklet"] == 7 and mine["crops"]["select"] == "even"

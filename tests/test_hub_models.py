@@ -94,7 +94,10 @@ def test_pull_with_no_options_then_full_profile_ingest_and_identify(tmp_path, ti
 def test_hub_cpu_with_another_ccip_model_from_the_config_runs_air_gapped(tmp_path, tiny_series):
     """The config names another CCIP model: the pull fetches that one; the pulled folder then runs with
     ANITRACK_MODELS alone and the hub gone (the air-gapped recipe), faces first, CCIP on the best crops."""
-    other, face = "ccip-other-model", models.DEFAULT_FACE_MODEL
+    from anitrack.config import load_config, resolve_profile
+
+    other = "ccip-other-model"
+    face = resolve_profile(load_config(environ={}), "hub-cpu")["detect"]["face_model"]  # its own, lighter one
     (tmp_path / "anitrack.toml").write_text(f'[embed]\nccip_model = "{other}"\n')
     shared = tmp_path / "shared-models"
     with serving(ccip=(other,), faces=(face,)) as hub:
