@@ -52,7 +52,7 @@ class Candidate:
     anchor: str
     face_score: float
     image: bytes
-    quality: float  # crops.crop_quality: the best-crops selection ranks by it
+    quality: float  # crops.crop_quality, computed only for the best-crops selection (0 otherwise)
 
 
 @dataclass
@@ -281,7 +281,7 @@ class EpisodePipeline:
                 fb, anchor, score = None, "upper_body", 0.0
             rgb = np.ascontiguousarray(frame.rgb[box[1]:box[3], box[0]:box[2]])
             quality = cropping.crop_quality(score, box[2] - box[0], box[3] - box[1], cropping.sharpness(rgb)) \
-                if face is not None else 0.0
+                if face is not None and cfg["select"] == "best" else 0.0  # ranked only by the best-crops selection
             out.append(Candidate(frame.index, box, fb, anchor, score, cropping.encode(rgb, cfg["format"]), quality))
         return out
 
