@@ -21,7 +21,7 @@ from anitrack import crops as cropping
 from anitrack.detect import FACE_FIRST, make_detector, make_face_finder
 from anitrack.embed import make_embedder, pool
 from anitrack.lake import conform
-from anitrack.shots import cuts_to_shots, make_shot_detector, model_version
+from anitrack.shots import cuts_to_shots, make_shot_detector, run_model_id
 from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
 from schemas.tables import TABLES
@@ -82,7 +82,8 @@ def shot_params(config: dict, device: str) -> dict:
     if config["shots"]["threshold"] > 0:
         params["threshold"] = config["shots"]["threshold"]
     if config["shots"]["backend"] == "transnetv2":
-        params.update(gate=config["shots"]["gate"], context=config["shots"]["context"])
+        params.update(gate=config["shots"]["gate"], context=config["shots"]["context"],
+                      precision=config["shots"]["precision"])
     return params
 
 
@@ -98,7 +99,8 @@ class EpisodePipeline:
         self.embedder = make_embedder(config, device)
 
     def models(self) -> dict[str, str]:
-        return {"shots": model_version(self.config["shots"]["backend"]),
+        shots = self.config["shots"]
+        return {"shots": run_model_id(shots["backend"], shots["precision"], self.device),
                 "detect": self.detector.model_id, "embed": self.embedder.model_id,
                 "faces": getattr(self.face_finder, "model_id", "") if self.face_finder else ""}
 

@@ -25,6 +25,7 @@ import importlib.metadata
 import random
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 import cv2
@@ -127,6 +128,29 @@ def _transnetv2_model(device: str):
         return model
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX); elsewhere torch
+    emulates it and bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on a CPU with native bf16 (TransNetV2 about 2x faster, probabilities within
+    ~0.001 of fp32), fp32 elsewhere, GPUs included (where the network is not the bottleneck)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device == "cpu" and native_bf16() else "fp32"
+    return precision
+
+
 def probabilities_to_cuts(probs: np.ndarray, threshold: float, min_shot_frames: int = 1) -> list[int]:
     """Turn TransNetV2 per-frame probabilities into cut frames.
 
@@ -174,6 +198,7 @@ class TransNetV2ShotDetector:
         batch_windows: int = 1,
         gate: bool = True,
         context: int = _CONTEXT,
+        precision: str = "auto",
     ):
         if batch_windows < 1:
             raise ValueError("batch_windows must be >= 1")
@@ -191,7 +216,8 @@ class TransNetV2ShotDetector:
         self.device = device
         self.batch_windows = int(batch_windows)
         self.gate = bool(gate)
-        self.model = model_version(self.name)
+        self.precision = resolve_precision(precision, device)
+        self.model = run_model_id(self.name, self.precision, device)
         self._net = _transnetv2_model(device)
         self.change = FrameChange()
         self._frames: list[np.ndarray] = []  # tiny frames; _frames[0] is frame _buf_start
@@ -214,6 +240,7 @@ class TransNetV2ShotDetector:
             "batch_windows": self.batch_windows,
             "gate": self.gate,
             "context": self.context,
+            "precision": self.precision,
         }
 
     def push(self, frame_index: int, frame_rgb: np.ndarray) -> None:
@@ -279,7 +306,8 @@ class TransNetV2ShotDetector:
         batch = torch.from_numpy(np.stack(self._pending)).to(self._net.device)
         self.windows_run += len(self._pending)
         self._pending = []
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(batch.device.type, torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
             single_frame_logits, _ = self._net(batch)
             probs = torch.sigmoid(single_frame_logits[:, self.context : self.context + self.step, 0])
         self._probs.extend(probs.float().cpu().numpy())
@@ -566,6 +594,14 @@ def model_version(name: str) -> str:
         raise ValueError(f"unknown shot detector {name!r}; choose one of {sorted(SHOT_DETECTORS)}")
     version = _dist_version(_DISTRIBUTIONS[name])
     return f"{version}+{BOUNDARY_RULES}" if name == "transnetv2" else f"{version}:{name}"
+
+
+def run_model_id(name: str, precision: str = "auto", device: str = "cpu") -> str:
+    """The model a run records in ``stage_runs``: ``model_version`` plus the arithmetic when it is
+    not fp32. Precision, like the device, is how the stage runs, so it is in no fingerprint."""
+    if name != "transnetv2" or resolve_precision(precision, device) == "fp32":
+        return model_version(name)
+    return model_version(name) + "+bf16"
 
 
 def make_shot_detector(name: str, **params) -> ShotDetector:

@@ -22,7 +22,7 @@ class Stage:
 
 
 STAGES = (
-    Stage("shots", "shots", (), "shots", True),
+    Stage("shots", "shots", (), "shots", True, ("precision",)),
     Stage("detections", "detect", (), "detect", True, ("workers",), added=(("face_model", ""),)),
     Stage("tracklets", "track", ("shots", "detections"), None, True),
     Stage("crops", "crops", ("tracklets",), "faces", True, added=(("select", "even"),)),  # person-first: the finder that cuts the faces

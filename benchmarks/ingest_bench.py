@@ -1,13 +1,13 @@
 """Offline-profile ingestion speed and memory, measured side by side in one run.
 
-For a synthetic 480p episode of each length and each shot option it prints: decode-only
+For a synthetic 480p episode of each length and each option it prints: decode-only
 seconds (PyAV, the same decode the pipeline does), pipeline seconds (one episode through
 the real child process), their ratio, the real-time factor, the shot stage's seconds and
 TransNetV2 windows run, shot boundaries against the episode's truth (found within one frame,
 false), frames decoded per frame of video (target 1.0), model calls per minute of video and
 the peak memory of the episode's process tree (target < 3 GiB).
 
-    python benchmarks/ingest_bench.py --minutes 2 10 --shots transnetv2 every-window context-12 content
+    python benchmarks/ingest_bench.py --minutes 2 10 --options transnetv2 fp32 every-window max-side-480
 """
 from __future__ import annotations
 
@@ -73,12 +73,15 @@ class PeakMemory:
         self._thread.join()
 
 
-# shot options: --set values over the offline profile (transnetv2 is the default)
-SHOT_OPTIONS = {
-    "transnetv2": {},
-    "every-window": {"gate": False},  # TransNetV2 on every window, as before the gate
-    "context-12": {"context": 12},  # 76 predictions per 100-frame window instead of 50
-    "content": {"backend": "content"},  # PySceneDetect ContentDetector
+# options: --set values over the offline profile ("transnetv2" is the default, nothing changed)
+OPTIONS = {
+    "transnetv2": [],  # gated windows, precision auto (bf16 on CPUs with bf16 instructions)
+    "fp32": ["shots.precision=fp32"],  # gated windows in the reference arithmetic
+    "every-window": ["shots.gate=false", "shots.precision=fp32"],  # TransNetV2 as the reference runs it
+    "context-12": ["shots.context=12"],  # 76 predictions per 100-frame window instead of 50
+    "content": ["shots.backend=content"],  # PySceneDetect ContentDetector
+    "max-side-480": ["detect.max_side=480"],  # animeface on smaller frames (its cost grows with pixels)
+    "best-8-crops": ["crops.select=best", "crops.per_tracklet=8"],  # 8 best crops per tracklet, not 20 spread
 }
 
 
@@ -90,7 +93,7 @@ def boundary_accuracy(truth: dict, shots: list[dict]) -> tuple[int, int, int]:
     return hits, len(expected), sum(not any(abs(f - e) <= 1 for e in expected) for f in found)
 
 
-def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
+def bench(minutes: float, work: Path, workers: int, option: str) -> dict:
     src = work / f"src{minutes:g}"
     if not src.exists():
         synthesize_series(src, series="bench", episodes=1, characters=5, seconds=minutes * 60, seed=3,
@@ -100,10 +103,9 @@ def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
     t = time.perf_counter()
     n = sum(1 for _ in iter_frames(str(video)))
     decode_s = time.perf_counter() - t
-    config = resolve_profile(load_config(environ={}), "offline")
+    config = resolve_profile(load_config(OPTIONS[option], environ={}), "offline")
     config["detect"]["workers"] = workers
-    config["shots"].update(SHOT_OPTIONS[shots])
-    lake = work / f"lake{minutes:g}-{shots}"
+    lake = work / f"lake{minutes:g}-{option}"
     spec = EpisodeSpec(uri=str(video), series="bench", episode=video.stem, lake=str(lake), config=config,
                        profile="offline", threads=workers)
     with PeakMemory() as mem:
@@ -122,39 +124,46 @@ def bench(minutes: float, work: Path, workers: int, shots: str) -> dict:
             "ratio": pipeline_s / decode_s, "realtime": video_s / pipeline_s, "decoded_per_frame": decoded / n,
             "calls_per_min": {k: round(v / (video_s / 60), 1) for k, v in calls.items() if v},
             "peak_gib": mem.peak / 2**30, "stages": result["stage_seconds"], "tracklets": result["tracklets"],
-            "boundaries": found, "windows": calls.get("shots", 0)}
+            "boundaries": found, "windows": calls.get("shots", 0), "crops": result["crops"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 10.0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--shots", nargs="+", default=["transnetv2"], choices=sorted(SHOT_OPTIONS),
-                        help="shot options to compare")
+    parser.add_argument("--options", nargs="+", default=["transnetv2"], choices=list(OPTIONS),
+                        help="options to compare (each a few settings over the offline profile)")
     args = parser.parse_args()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [(m, shots) for m in args.minutes for shots in args.shots]
+        runs = [(m, option) for m in args.minutes for option in args.options]
         shot_seconds = {}
-        for minutes, shots in runs:
-            r = bench(minutes, Path(tmp), args.workers, shots)
-            shot_seconds[(minutes, shots)] = r["stages"].get("shots", 0.0)
+        pipeline_seconds = {}
+        for minutes, option in runs:
+            r = bench(minutes, Path(tmp), args.workers, option)
+            shot_seconds[(minutes, option)] = r["stages"].get("shots", 0.0)
+            pipeline_seconds[(minutes, option)] = r["pipeline_s"]
             hits, total, false = r["boundaries"]
-            print(f"\n{minutes:g}-minute 854x480 episode, shots={shots}, {r['frames']} frames, "
-                  f"{r['tracklets']} tracklets")
+            print(f"\n{minutes:g}-minute 854x480 episode, {option} ({' '.join(OPTIONS[option]) or 'defaults'}), "
+                  f"{r['frames']} frames, {r['tracklets']} tracklets, {r['crops']} crops")
             print(f"  decode only     {r['decode_s']:8.1f} s")
             print(f"  pipeline        {r['pipeline_s']:8.1f} s   ratio to decode {r['ratio']:.1f}x (target <= 15)")
             print(f"  real-time factor {r['realtime']:7.2f}x  (video {r['video_s']:.0f} s; target > 1)")
-            print(f"  shot stage      {shot_seconds[(minutes, shots)]:8.1f} s   TransNetV2 windows run {r['windows']}")
+            print(f"  shot stage      {shot_seconds[(minutes, option)]:8.1f} s   TransNetV2 windows run {r['windows']}")
             print(f"  boundaries      {hits}/{total} found within one frame, {false} false")
             print(f"  frames decoded per frame {r['decoded_per_frame']:.2f} (target 1.0)")
             print(f"  model calls per minute   {r['calls_per_min']}")
             print(f"  peak memory     {r['peak_gib']:8.2f} GiB (target < 3)")
             print(f"  stage seconds   {r['stages']}")
-        for (minutes, shots), seconds in shot_seconds.items():
+        for (minutes, option), seconds in shot_seconds.items():
             base = shot_seconds.get((minutes, "every-window"))
-            if base and shots != "every-window":
-                print(f"{minutes:g} min: shot stage of {shots} = {seconds / base:.2f}x every-window's")
+            if base and option != "every-window":
+                print(f"{minutes:g} min: shot stage of {option} = {seconds / base:.2f}x every-window's")
+            base = pipeline_seconds.get((minutes, "transnetv2"))
+            if base and option != "transnetv2":
+                print(f"{minutes:g} min: pipeline of {option} = {pipeline_seconds[(minutes, option)] / base:.2f}x "
+                      f"the default's")
+
 
 if __name__ == "__main__":
     main()

@@ -50,3 +50,5 @@ def test_profiles_fill_auto_choices():
         resolve_profile(load_config(environ={}), "fast")
     with pytest.raises(ConfigError, match="shots.backend"):
         resolve_profile(load_config(["shots.backend=magic"], environ={}), "offline")
+    with pytest.raises(ConfigError, match="shots.precision: choose from auto, fp32, bf16"):
+        resolve_profile(load_config(["shots.precision=fp16"], environ={}), "offline")

@@ -48,6 +48,13 @@ def test_a_batch_size_or_worker_count_recomputes_nothing():
     assert recomputed(base, offline(detect__workers=base["detect"]["workers"] + 3)) == set()
 
 
+def test_transnetv2_precision_recomputes_nothing():
+    """Like the device, the arithmetic is how shots are found (probabilities within ~0.001), not what
+    is found: a lake made on a laptop in fp32 is not stale on a bf16 machine. stage_runs says which ran."""
+    assert recomputed(offline(shots__precision="fp32"), offline(shots__precision="bf16")) == set()
+    assert recomputed(offline(), offline(shots__precision="fp32")) == set()
+
+
 def test_another_embedder_recomputes_embeddings_only():
     assert recomputed(offline(), offline(embed__model="descriptor")) == {"embeddings"}
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from anitrack.lake import Lake
+from anitrack.shots import model_version, native_bf16
 from anitrack.sql import connect, run_query
 from tests.conftest import real_clip, run_cli
 
@@ -120,6 +121,9 @@ def test_tracklet_ids_are_deterministic_and_stage_runs_recorded(ingested_lake):
     assert {"decode", "shots", "detections", "tracklets", "crops", "embeddings"} <= set(stages)
     total_frames = q(ingested_lake, "SELECT sum(n_frames) AS n FROM episodes")[0]["n"]
     assert stages["decode"]["frames"] == total_frames  # each frame decoded exactly once
+    # the shot run records the arithmetic it used: bf16 where the CPU has bf16 instructions
+    shot_models = {r["model"] for r in q(ingested_lake, "SELECT DISTINCT model FROM stage_runs WHERE stage = 'shots'")}
+    assert shot_models == {model_version("transnetv2") + ("+bf16" if native_bf16() else "")}
 
 
 def test_reingesting_an_unchanged_series_does_no_work(ingested_lake, synth_series):
