@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from anitrack.config import defaults, parse_sets, resolve_profile, set_value
-from anitrack.ingest import fingerprints, ingest_episode, model_ids, new_run_id, stale_tables
-from anitrack.job import EpisodeSpec
+from anitrack.ingest import fingerprints, model_ids, new_run_id, stale_tables
+from anitrack.worker import EpisodeSpec
 from anitrack.lake import Lake
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
 
@@ -199,43 +196,28 @@ def _rates(lake: Lake, series: str, episodes: list[dict], runs: list[dict]) -> t
     return rates, (sum(identity) / len(identity) if identity else 0.0)
 
 
-# -- running it ---------------------------------------------------------------------------
-def run(plan_: Plan, parallel: int = 0, device: str = "cpu") -> dict:
-    """Recompute the planned episodes (one child process each), then a new identity run.
-
-    Holds the series lock; an episode whose source is missing or changed fails
-    alone and keeps its old partitions.
-    """
-    lake = Lake(plan_.lake, create=False)
-    started = time.perf_counter()
-    with lake.lock(plan_.series, "backfill"):
-        todo = plan_.recompute
-        workers = max(1, min(len(todo) or 1, parallel or os.cpu_count() or 1))
-        per_episode = max(1, (os.cpu_count() or 1) // workers)
-
-        def one(e: EpisodePlan) -> dict:
-            config = copy.deepcopy(e.config)
-            config["detect"]["workers"] = per_episode
-            spec = EpisodeSpec(uri=e.uri, series=plan_.series, episode=e.episode, lake=plan_.lake, config=config,
-                               profile=plan_.profile, device=device, threads=per_episode, run_id=plan_.run_id)
-            return ingest_episode(spec, expect_hash=e.content_hash)
-
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(one, todo))
-        summary = None
-        if plan_.identity_changed or any(r["status"] == "ok" for r in results):
-            summary = _identify(lake, plan_)
-    runs = [r for r in lake.read("stage_runs", plan_.series).to_pylist() if r["run_id"] == plan_.run_id]
-    return {"run_id": plan_.run_id, "episodes": results, "identity": summary,
-            "frames_decoded": sum(r["frames_decoded"] or 0 for r in runs),
-            "seconds": time.perf_counter() - started}
+# -- running it (``flows.backfill`` maps the specs, then identifies) ----------------------
+def episode_specs(plan_: Plan, threads: int, device: str = "cpu") -> list[EpisodeSpec]:
+    """One spec per episode to recompute: its own parameters, and the content it must still have (an
+    episode whose source is missing or changed fails alone and keeps its old partitions)."""
+    specs = []
+    for e in plan_.recompute:
+        config = copy.deepcopy(e.config)
+        config["detect"]["workers"] = threads
+        specs.append(EpisodeSpec(uri=e.uri, series=plan_.series, episode=e.episode, lake=plan_.lake,
+                                 config=config, profile=plan_.profile, device=device, threads=threads,
+                                 run_id=plan_.run_id, expect_hash=e.content_hash))
+    return specs
 
 
-def _identify(lake: Lake, plan_: Plan) -> dict:
-    """A new identity run (the previous one stays queryable); recorded in stage_runs as stage ``identity``."""
-    from anitrack.identify import identify
+def needs_identity(plan_: Plan, results: list[dict]) -> bool:
+    """A new identity run follows when its parameters changed or an episode's tracklets were recomputed."""
+    return plan_.identity_changed or any(r["status"] == "ok" for r in results)
 
-    return identify(lake, plan_.series, plan_.identity_config, full=plan_.full, run_id=plan_.run_id)
+
+def frames_decoded(lake: Lake, plan_: Plan) -> int:
+    return sum(r["frames_decoded"] or 0 for r in lake.read("stage_runs", plan_.series).to_pylist()
+               if r["run_id"] == plan_.run_id)
 
 
 def changed_parameters(config: dict) -> dict[str, object]:
@@ -272,4 +254,4 @@ def runs_table(lake: Lake, series: str) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-__all__ = ["BackfillError", "Plan", "changed_parameters", "identity_config", "plan", "run", "runs_table"]
+__all__ = ["BackfillError", "Plan", "changed_parameters", "episode_specs", "identity_config", "plan", "runs_table"]

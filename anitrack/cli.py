@@ -149,8 +149,8 @@ def ingest(source: str = typer.Argument(..., help="A video file, a folder, a glo
            dask_address: Optional[str] = typer.Option(None, help=DASK_ADDRESS_HELP),
            dask_workers: int = typer.Option(0, min=0, help=DASK_WORKERS_HELP)):
     """Ingest every episode of a series: shots, tracklets, crops and embeddings into the lake."""
-    results = _ingest(source, lake, series, profile, set_, config_file, parallel, device,
-                      runner, dask_address, dask_workers)
+    results = _ingest(**_ingest_args(source, lake, series, profile, set_, config_file, parallel, device,
+                                     runner, dask_address, dask_workers))
     _print_results(results, fmt)
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
@@ -159,8 +159,9 @@ def ingest(source: str = typer.Argument(..., help="A video file, a folder, a glo
         raise typer.Exit(1)
 
 
-def _ingest(source, lake, series, profile, sets, config_file, parallel, device, runner="thread",
-            dask_address=None, dask_workers=0) -> list[dict]:
+def _ingest_args(source, lake, series, profile, sets, config_file, parallel, device, runner="thread",
+                 dask_address=None, dask_workers=0) -> dict:
+    """The ingestion flows' arguments, checked before Prefect starts (a bad one is one line)."""
     from anitrack.ingest import SourceError, default_series, discover
     from anitrack.lake import check_name, LakeError
 
@@ -187,14 +188,31 @@ def _ingest(source, lake, series, profile, sets, config_file, parallel, device, 
     from anitrack.models import check_models
 
     check_models(config, device)  # a missing hub model, or a device that cannot run it, fails here at once
-    from anitrack import progress
-    from flows.ingest import run_ingest
+    return {"source": source, "lake": lake, "series": series, "config": config, "profile": profile,
+            "parallel": parallel, "device": device, "runner": runner, "dask_address": dask_address}
 
-    with _locked(lake, series, "ingest"):
+
+def _flow(flow_fn, command: str, lake: str, series: str, **params):
+    """Run a flow through the executor (it takes the series lock); a busy series is one line, exit 1.
+    Episode progress shows as bars on a terminal."""
+    from anitrack import progress
+    from anitrack.lake import LakeBusy
+    from flows.executor import execute
+
+    try:
         if sys.stderr.isatty():
             with TerminalBoard() as board, progress.showing(board):
-                return run_ingest(source, lake, series, config, profile, parallel, device, runner, dask_address)
-        return run_ingest(source, lake, series, config, profile, parallel, device, runner, dask_address)
+                return execute(flow_fn, lake, series, command, **params)
+        return execute(flow_fn, lake, series, command, **params)
+    except LakeBusy as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
+
+
+def _ingest(**args) -> list[dict]:
+    from flows.ingest import ingest_series
+
+    return _flow(ingest_series, "ingest", **args)
 
 
 class TerminalBoard:
@@ -232,19 +250,6 @@ class TerminalBoard:
 
     def __exit__(self, *exc):
         self.progress.stop()
-
-
-@contextlib.contextmanager
-def _locked(lake: str, series: str, command: str):
-    """Hold the series lock while a command writes it; a busy series is one line and exit code 1."""
-    from anitrack.lake import LakeBusy
-
-    try:
-        with _open_lake(lake).lock(series, command):
-            yield
-    except LakeBusy as exc:
-        _err(str(exc))
-        raise typer.Exit(1) from None
 
 
 def _device(device: str) -> str:
@@ -308,9 +313,9 @@ def identify(lake: str = typer.Option(..., help="Lake folder or URL."),
         raise Failure(str(exc)) from None
     from flows.identify import identify_series
 
-    with _locked(lake, series, "identify"):
-        summary = identify_series(lake, series, config, str(references) if references else None,
-                                  str(truth) if truth else None, full)
+    summary = _flow(identify_series, "identify", lake, series, config=config,
+                    references=str(references) if references else None, truth=str(truth) if truth else None,
+                    full=full)
     _identify_summary(summary, fmt)
 
 
@@ -338,20 +343,20 @@ def run(source: str = typer.Argument(..., help="A video file, a folder, a glob o
             gallery_images(references)
         except _identity_errors() as exc:
             raise Failure(str(exc)) from None
-    results = _ingest(source, lake, series, profile, set_, config_file, parallel, device,
-                      runner, dask_address, dask_workers)
+    from flows.ingest import run_series
+
+    args = _ingest_args(source, lake, series, profile, set_, config_file, parallel, device, runner,
+                        dask_address, dask_workers)
+    done = _flow(run_series, "run", references=str(references) if references else None,
+                 truth=str(truth) if truth else None, **args)
+    results = done["episodes"]
     _print_results(results, "table")
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
         _err(f"episode {r['episode']} failed: {r['error']}")
-    if len(failed) == len(results):
+    if done["identity"] is None:
         raise typer.Exit(1)
-    from flows.identify import identify_series
-
-    with _locked(lake, series, "identify"):
-        summary = identify_series(lake, series, _config(set_, config_file, profile),
-                                  str(references) if references else None, str(truth) if truth else None)
-    _identify_summary(summary)
+    _identify_summary(done["identity"])
     if failed:
         raise typer.Exit(1)
 
@@ -424,7 +429,7 @@ def label(lake: str = typer.Option(...), series: str = typer.Option(...),
     """Correct the current identity (name, split, merge, noise, undo); corrections are kept by tracklet and
     survive re-runs."""
     from anitrack import corrections
-    from anitrack.lake import LakeBusy
+    from flows.corrections import correct_series
 
     chosen = {"name": name is not None, "split": split is not None, "merge": merge is not None, "noise": noise}
     if sum(chosen.values()) + undo != 1:
@@ -433,19 +438,18 @@ def label(lake: str = typer.Option(...), series: str = typer.Option(...),
         raise UsageError("--cluster is required (ids are in the characters view)")
     lk = _open_lake(lake, create=False)
     config = _config([], None, profile)
-    try:
-        if undo:
-            summary = corrections.undo(lk, series, config, "label")
-            if summary is None:
-                raise Failure(f"series {series!r} has no corrections to undo")
-        else:
-            kind = next(k for k, v in chosen.items() if v)
+    rows = None
+    if not undo:
+        kind = next(k for k, v in chosen.items() if v)
+        try:
             rows = corrections.correction_rows(lk, series, kind, cluster, name=name, other=merge,
                                                tracklets=split.split(",") if split else None)
-            _err(f"recording {len(rows)} corrections; re-identifying {series}")
-            summary = corrections.record(lk, series, rows, config, "label")
-    except (corrections.CorrectionError, LakeBusy) as exc:
-        raise Failure(str(exc)) from None
+        except corrections.CorrectionError as exc:
+            raise Failure(str(exc)) from None
+        _err(f"recording {len(rows)} corrections; re-identifying {series}")
+    summary = _flow(correct_series, "label", lake, series, config=config, rows=rows, undo=undo)
+    if summary is None:
+        raise Failure(f"series {series!r} has no corrections to undo")
     _identify_summary(summary)
 
 
@@ -473,7 +477,9 @@ def review(lake: str = typer.Option(..., help="Lake folder or URL."), series: st
 
             webbrowser.open(url)
 
-    reviewing.serve(lk, series, config, port=port, announce=announce)
+    from flows.corrections import review_writes
+
+    reviewing.serve(lk, series, review_writes(lake, series, config), port=port, announce=announce)
 
 
 @app.command()
@@ -767,7 +773,7 @@ def demo(out: Path = typer.Option(Path("demo"), help="Folder for the synthetic s
     folder = synthesize_series(out / "data", series="demo", episodes=episodes, characters=characters,
                                seconds=seconds, seed=seed)
     lake = str(out / "lake")
-    results = _ingest(str(folder), lake, "demo", "offline", [], None, 0, "cpu")
+    results = _ingest(**_ingest_args(str(folder), lake, "demo", "offline", [], None, 0, "cpu"))
     _print_results(results, "table")
     from anitrack.sql import connect, run_query
 
@@ -781,8 +787,8 @@ def demo(out: Path = typer.Option(Path("demo"), help="Folder for the synthetic s
         raise typer.Exit(1)
     from flows.identify import identify_series
 
-    identity = identify_series(lake, "demo", _config([], None, "offline"), str(out / "data" / "references"),
-                               str(folder / "truth.json"))
+    identity = _flow(identify_series, "identify", lake, "demo", config=_config([], None, "offline"),
+                     references=str(out / "data" / "references"), truth=str(folder / "truth.json"))
     _identify_summary(identity)
     screen = run_query(connect(_open_lake(lake)), """
         SELECT character, round(sum(seconds), 1) AS seconds, count(DISTINCT episode) AS episodes
@@ -812,8 +818,12 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
 
     _check_format(fmt)
     lk = _open_lake(lake, create=False)
-    try:
-        with contextlib.nullcontext() if dry_run else _locked(lake, series, "backfill"):
+    from anitrack.lake import LakeBusy
+    from flows.backfill import backfill_series
+    from flows.executor import series_lock
+
+    try:  # the plan is printed first, and what runs is planned again under the same hold of the lock
+        with contextlib.nullcontext() if dry_run else series_lock(lake, series, "backfill") as token:
             plan = make_plan(lk, series, set_, episodes)
             print_table(pa.Table.from_pylist(plan.rows()), fmt)
             sys.stdout.flush()
@@ -825,13 +835,12 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
                  + (" (dry run)" if dry_run else ""))
             if dry_run:
                 return
-            from anitrack.backfill import run as run_plan
-
-            # the library directly, as the ``backfill`` flow does: an identity-only backfill takes seconds,
-            # less than starting Prefect's temporary server
-            result = run_plan(plan)
+            result = _flow(backfill_series, "backfill", lake, series, held=token, sets=set_, episodes=episodes)
     except (BackfillError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
+    except LakeBusy as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
     if result["episodes"]:
         _print_results(result["episodes"], fmt)
     if result["identity"]:

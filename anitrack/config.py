@@ -24,7 +24,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "context": (25, "transnetv2: frames of context kept either side of each 100-frame window's "
                         "predictions (25 = the reference; fewer means fewer windows, probabilities shift a little)."),
         "precision": ("auto", "transnetv2: fp32 (the reference), bf16 (about 2x faster on CPUs with bf16 "
-                              "instructions, probabilities within ~0.001) or auto (bf16 on such CPUs, else fp32)."),
+                              "instructions, probabilities within ~0.01) or auto (bf16 on such CPUs, else fp32)."),
     },
     "detect": {
         "detector": ("auto", "Detector: yolo (persons, then a face finder), animeface or imgutils (faces straight "

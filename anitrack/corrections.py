@@ -2,7 +2,8 @@
 
 One home for what ``anitrack label`` and the review app write: every correction is checked
 against the identity run the user looked at, recorded by tracklet (so it survives
-re-clustering), and followed by a re-identification made as the current run was made.
+re-clustering), and followed by a re-identification made as the current run was made
+(``flows.corrections``, which holds the series lock for both).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 
 import pyarrow as pa
 
-from anitrack.identify import current_run, identify
+from anitrack.identify import current_run
 from anitrack.lake import Lake
 from schemas.tables import LABELS
 
@@ -111,24 +112,21 @@ def _reference_rows(lake: Lake, series: str, tracklets: list[str], crops: list[s
     return [(owner[c], "reference", name, c) for c in crops]
 
 
-def record(lake: Lake, series: str, rows: list[dict], config: dict, owner: str) -> dict:
-    """Append the rows and re-identify under the series lock; returns the identity summary."""
-    with lake.lock(series, owner):
-        lake.commit("labels", pa.Table.from_pylist(rows, schema=LABELS), append=True, series=series)
-        return identify(lake, series, reidentify_config(lake, series, config))
+def record(lake: Lake, series: str, rows: list[dict]) -> None:
+    """Append one correction's rows; the caller holds the series lock and re-identifies after."""
+    lake.commit("labels", pa.Table.from_pylist(rows, schema=LABELS), append=True, series=series)
 
 
-def undo(lake: Lake, series: str, config: dict, owner: str) -> dict | None:
-    """Remove the latest correction (all rows of its ``created_at``) and re-identify; None: nothing to undo."""
-    with lake.lock(series, owner):
-        rows = lake.read("labels", series).to_pylist()
-        if not rows:
-            return None
-        last = max(r["created_at"] for r in rows)
-        kept = [r for r in rows if r["created_at"] != last]
-        lake.commit("labels", pa.Table.from_pylist(kept, schema=LABELS), series=series)
-        # a full run: an incremental one would keep what the undone correction did to the tracklets' clusters
-        return identify(lake, series, reidentify_config(lake, series, config), full=True)
+def drop_latest(lake: Lake, series: str) -> bool:
+    """Remove the latest correction (all rows of its ``created_at``); False: there is none. The caller holds
+    the series lock and re-identifies after, in full (an incremental run would keep what it did)."""
+    rows = lake.read("labels", series).to_pylist()
+    if not rows:
+        return False
+    last = max(r["created_at"] for r in rows)
+    kept = [r for r in rows if r["created_at"] != last]
+    lake.commit("labels", pa.Table.from_pylist(kept, schema=LABELS), series=series)
+    return True
 
 
 def reidentify_config(lake: Lake, series: str, config: dict) -> dict:

@@ -1,8 +1,8 @@
-"""Detectors, one name each: ``animeface`` (offline, face-first) and ``yolo`` (full, persons).
+"""Detectors and face finders: the two roles' contracts and their registry (``DETECTORS``).
 
-Every detector has ``detect(frames) -> [(boxes xyxy float32 (N,4), scores (N,))]``
-over a batch of RGB frames, a ``model_id`` for fingerprints and a ``calls``
-counter. animeface holds the GIL, so it runs in worker processes.
+A detector (``animeface``: offline, faces; ``yolo``: persons; ``imgutils``: hub faces) turns a
+batch of RGB frames into one ``Detections`` per frame. A face finder cuts the face inside each
+person box when persons come first. animeface holds the GIL, so it runs in worker processes.
 """
 from __future__ import annotations
 
@@ -10,11 +10,34 @@ import importlib.metadata
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from anitrack import crops as cropping
+from anitrack.detections import FACE, Detections, best_faces
+
+
+@runtime_checkable
+class Detector(Protocol):
+    name: str        # the ``detector`` column of the detections table
+    model_id: str    # what made the boxes (fingerprints, stage_runs)
+    calls: int       # frames seen, for stage_runs.model_calls
+
+    def detect(self, frames: list[np.ndarray]) -> list[Detections]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FaceFinder(Protocol):
+    model_id: str
+
+    def find_faces(self, crops: list[np.ndarray]) -> list[tuple[np.ndarray, float] | None]:
+        """The best face (box in crop pixels, score) inside each crop, or None."""
+
+    def find_face_in_still(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None: ...
 
 
 def _animeface_faces(rgb: np.ndarray, max_side: int = 0) -> list[tuple[float, float, float, float, float]]:
@@ -54,7 +77,7 @@ class AnimeFaceDetector:
         if self.workers > 1:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
 
-    def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
         return self.submit(frames)()
 
     def submit(self, frames: list[np.ndarray]):
@@ -66,19 +89,16 @@ class AnimeFaceDetector:
         futures = [self._pool.submit(_animeface_faces, f, self.max_side) for f in frames]
         return lambda: self._filter([f.result() for f in futures])
 
-    def _filter(self, raw) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _filter(self, raw) -> list[Detections]:
         out = []
         for faces in raw:
             kept = np.array([f for f in faces if f[4] >= self.conf], dtype=np.float32).reshape(-1, 5)
-            out.append((kept[:, :4], kept[:, 4]))
+            out.append(Detections(kept[:, :4], kept[:, 4], FACE))
         return out
 
     def find_faces(self, crops: list[np.ndarray]) -> list[tuple[np.ndarray, float] | None]:
         """Best face inside each crop (used when persons come from another detector)."""
-        found = []
-        for boxes, scores in self.detect(crops):
-            found.append((boxes[int(np.argmax(scores))], float(scores.max())) if len(scores) else None)
-        return found
+        return best_faces(self.detect(crops))
 
     def find_face_in_still(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
         return cropping.find_face_in_still(self.find_faces, rgb)
@@ -92,21 +112,36 @@ class AnimeFaceDetector:
 FACE_FIRST = ("animeface", "imgutils")  # detectors that find faces in whole frames (no person boxes)
 
 
-def make_detector(config: dict, device: str = "cpu"):
-    """The configured detector: ``yolo`` persons (loads weights the user named: pickle, trust them),
-    or faces straight from frames with ``animeface`` (wheel) or ``imgutils`` (hub model)."""
+def _animeface(config: dict, device: str) -> Detector:
     det = config["detect"]
-    if det["detector"] == "animeface":
-        return AnimeFaceDetector(conf=det["conf"], workers=det["workers"], max_side=det["max_side"])
-    if det["detector"] == "yolo":
-        from anitrack.models import YoloPersonDetector
+    return AnimeFaceDetector(conf=det["conf"], workers=det["workers"], max_side=det["max_side"])
 
-        return YoloPersonDetector(weights=det["weights"], conf=det["conf"], device=device)
-    if det["detector"] == "imgutils":
-        from anitrack.models import ImgutilsFaceDetector
 
-        return ImgutilsFaceDetector(model_name=det["face_model"], conf=det["conf"], device=device)
-    raise ValueError(f"unknown detector {det['detector']!r}; choose from animeface, yolo, imgutils")
+def _yolo(config: dict, device: str) -> Detector:
+    from anitrack.models import YoloPersonDetector
+
+    return YoloPersonDetector(weights=config["detect"]["weights"], conf=config["detect"]["conf"], device=device)
+
+
+def _imgutils(config: dict, device: str) -> Detector:
+    from anitrack.models import ImgutilsFaceDetector
+
+    det = config["detect"]
+    return ImgutilsFaceDetector(model_name=det["face_model"], conf=det["conf"], device=device)
+
+
+# ``detect.detector`` -> factory(config, device); yolo loads weights the user named (pickle: trust them)
+DETECTORS: dict[str, Callable[[dict, str], Detector]] = {"animeface": _animeface, "yolo": _yolo,
+                                                         "imgutils": _imgutils}
+
+
+def make_detector(config: dict, device: str = "cpu") -> Detector:
+    """The configured detector: ``yolo`` persons, or faces straight from frames with ``animeface``
+    (wheel) or ``imgutils`` (hub model)."""
+    name = config["detect"]["detector"]
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    return DETECTORS[name](config, device)
 
 
 def detector_id(config: dict) -> str:
@@ -139,7 +174,7 @@ def animeface_id() -> str:
     return f"animeface=={importlib.metadata.version('animeface')}"
 
 
-def make_face_finder(config: dict, device: str = "cpu"):
+def make_face_finder(config: dict, device: str = "cpu") -> FaceFinder | None:
     """The finder ``face_finder_id`` names, or None."""
     found = face_finder_id(config)
     if not found:

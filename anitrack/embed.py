@@ -1,14 +1,22 @@
-"""Identity embedders, one name each: ``hybrid`` (offline default), ``descriptor`` (offline, no
-weights) and ``ccip`` (full profile).
-
-An embedder has ``embed(crops, faces) -> (N, dim) float32``, ``model_id`` (stored
-with every vector), ``metric`` ("cosine" or "ccip") and a ``calls`` counter.
-``faces`` gives each crop's face box in crop coordinates, or None.
+"""Identity embedders, one name each in ``EMBEDDERS``: ``hybrid`` (offline default), ``descriptor``
+(offline, no weights) and ``ccip`` (full profile), all to the ``Embedder`` contract.
 """
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import cv2
 import numpy as np
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    model_id: str   # stored with every vector; vectors of two ids are never compared
+    metric: str     # "cosine", or "ccip" (CCIP's own difference and threshold)
+    calls: int      # batches embedded, for stage_runs.model_calls
+
+    def embed(self, crops: list[np.ndarray], faces: list[np.ndarray | None]) -> np.ndarray:
+        """(N, dim) float32 for N RGB crops; ``faces``: each crop's face box in crop pixels, or None."""
 
 DESCRIPTOR_VERSION = "descriptor-v2"
 
@@ -225,7 +233,7 @@ def embedder_id(config: dict) -> str:
     return DESCRIPTOR_VERSION
 
 
-def make_embedder(config: dict, device: str = "cpu"):
+def make_embedder(config: dict, device: str = "cpu") -> Embedder:
     emb = config["embed"]
     if emb["model"] not in EMBEDDERS:
         raise ValueError(f"unknown embedder {emb['model']!r}; choose from {', '.join(EMBEDDERS)}")

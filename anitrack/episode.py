@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from anitrack import crops as cropping
 from anitrack.detect import FACE_FIRST, make_detector, make_face_finder
+from anitrack.detections import Detections
 from anitrack.embed import make_embedder, pool
 from anitrack.lake import conform
 from anitrack.shots import cuts_to_shots, make_shot_detector, run_model_id
@@ -119,7 +120,8 @@ class EpisodePipeline:
         tracker = IouTracker(iou=cfg["track"]["iou"], max_gap=cfg["track"]["max_gap"])
         clock = StageClock()
         pts: list[float] = []
-        detections: list[tuple[int, np.ndarray, float]] = []
+        found: list[Detections] = []  # per detected frame, with its frame and det_id columns
+        n_found = 0
         candidates: dict[int, Candidate] = {}
         kept: dict[int, list[int]] = defaultdict(list)  # id(track) -> det ids with a candidate
         batch = []
@@ -132,20 +134,21 @@ class EpisodePipeline:
             """Wait for the in-flight batch, then track it and cut its crops."""
             if not pending:
                 return
+            nonlocal n_found
             frames, results = pending.pop()
             t = time.perf_counter()
             results = results()
             t = clock.add("detect", t)
-            for frame, (boxes, scores) in zip(frames, results):
+            for frame, dets in zip(frames, results):
                 h, w = frame.rgb.shape[:2]
-                order = np.argsort(-scores, kind="stable")
-                boxes, scores = boxes[order], scores[order]
-                made = self._candidates(frame, boxes, scores, w, h)
+                ids = np.arange(n_found, n_found + len(dets))
+                dets = dets.by_score().with_data(frame=frame.index, det_id=ids)
+                n_found += len(dets)
+                made = self._candidates(frame, dets, w, h)
                 t = clock.add("crops", t)
-                ids = list(range(len(detections), len(detections) + len(boxes)))
-                detections.extend((frame.index, boxes[i], float(scores[i])) for i in range(len(boxes)))
-                tracks = tracker.update(frame.index, boxes, scores, ids)
-                for det_id, track, cand in zip(ids, tracks, made):
+                tracks = tracker.update(frame.index, dets)
+                found.append(dets)
+                for det_id, track, cand in zip(ids.tolist(), tracks, made):
                     candidates[det_id] = cand
                     mine = kept[id(track)]
                     mine.append(det_id)
@@ -207,7 +210,7 @@ class EpisodePipeline:
         pieces = [(s, p) for s, p in split_at_cuts(tracker.finish(), shots)
                   if len(p.frames) >= cfg["track"]["min_detections"]]
         pieces.sort(key=lambda sp: (sp[0], sp[1].frames[0], float(sp[1].boxes[0][0])))
-        tracklet_rows, det_tracklet = [], {}
+        tracklet_rows, det_tracklet, dets_of = [], {}, {}
         seen = defaultdict(int)
         for shot_id, piece in pieces:
             start = piece.frames[0]
@@ -217,16 +220,16 @@ class EpisodePipeline:
             tid = f"{episode}:s{shot_id:04d}:f{start:06d}:{k}"
             for d in piece.det_ids:
                 det_tracklet[d] = tid
+            dets_of[tid] = piece.det_ids
             tracklet_rows.append({
                 "series": series, "episode": episode, "tracklet_id": tid, "shot_id": shot_id,
                 "start_frame": start, "end_frame": end, "start_s": frame_end[start], "end_s": frame_end[end],
-                "n_detections": len(piece.frames), "mean_score": float(np.mean(piece.scores)),
-                "_dets": piece.det_ids})
+                "n_detections": len(piece.frames), "mean_score": float(np.mean(piece.scores))})
         t = clock.add("track", t)
 
         crop_rows = []
         for row in tracklet_rows:
-            have = [d for d in row["_dets"] if d in candidates]
+            have = [d for d in dets_of[row["tracklet_id"]] if d in candidates]
             own = cropping.best_sample(have, [candidates[d].quality for d in have], keep) if best \
                 else cropping.even_sample(have, keep)
             for d in own:
@@ -241,31 +244,34 @@ class EpisodePipeline:
                     "width": int(c.box[2] - c.box[0]), "height": int(c.box[3] - c.box[1]),
                     "image_format": cfg["crops"]["format"], "image": c.image})
         t = clock.add("crops", t)
-        embedding_rows = self.embed_crops(crop_rows, clock)
+        embedding_rows = embed_rows(self.embedder, cfg["embed"]["batch"], crop_rows, clock)
 
         shot_rows = [{"series": series, "episode": episode, "shot_id": i, "start_frame": s, "end_frame": e,
                       "start_s": frame_end[s], "end_s": frame_end[e], "backend": cfg["shots"]["backend"],
                       "reason": how[i][0], "transition": how[i][1]}
                      for i, (s, e) in enumerate(shots)]
         shot_of = np.searchsorted([s for s, _ in shots], np.arange(n), side="right") - 1
-        det_rows = [{"series": series, "episode": episode, "frame": f, "t_s": pts[f], "shot_id": int(shot_of[f]),
-                     "tracklet_id": det_tracklet.get(i), "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3],
-                     "score": s, "detector": self.detector.name} for i, (f, b, s) in enumerate(detections)]
-        for row in tracklet_rows:
-            del row["_dets"]
+        none = np.zeros(0, np.int64)
+        dets = Detections.concat(found) if found else Detections.empty().with_data(frame=none, det_id=none)
+        at = dets.data["frame"]
+        det_table = dets.with_data(
+            series=series, episode=episode, t_s=np.asarray(pts)[at], shot_id=shot_of[at],
+            tracklet_id=np.array([det_tracklet.get(i) for i in dets.data["det_id"].tolist()], object),
+            detector=self.detector.name).to_arrow().drop_columns(["class_id", "tracker_id", "det_id"])
         def table(name, rows):
             return conform(name, pa.Table.from_pylist(rows, schema=TABLES[name]))
 
-        tables = {"shots": table("shots", shot_rows), "detections": table("detections", det_rows),
+        tables = {"shots": table("shots", shot_rows), "detections": conform("detections", det_table),
                   "tracklets": table("tracklets", tracklet_rows), "crops": table("crops", crop_rows),
                   "embeddings": table("embeddings", embedding_rows)}
         return EpisodeOutput(tables, n, fps, frame_end[-1] - frame_end[0], clock, self.models())
 
-    def _candidates(self, frame, boxes, scores, w, h) -> list[Candidate]:
+    def _candidates(self, frame, dets: Detections, w, h) -> list[Candidate]:
         cfg = self.config["crops"]
         out = []
+        boxes = dets.xyxy
         if self.face_first:
-            faces = [(b, float(s)) for b, s in zip(boxes, scores)]
+            faces = [(b, float(s)) for b, s in zip(boxes, dets.score)]
         else:
             regions = [cropping.clip_box(np.array([b[0], b[1], b[2], b[1] + 0.6 * (b[3] - b[1])]), w, h)
                        for b in boxes]
@@ -286,10 +292,6 @@ class EpisodePipeline:
                 if face is not None and cfg["select"] == "best" else 0.0  # ranked only by the best-crops selection
             out.append(Candidate(frame.index, box, fb, anchor, score, cropping.encode(rgb, cfg["format"]), quality))
         return out
-
-    def embed_crops(self, crop_rows: list[dict], clock: StageClock) -> list[dict]:
-        return embed_rows(self.embedder, self.config["embed"]["batch"], crop_rows, clock)
-
 
 def embed_rows(embedder, batch_size: int, crop_rows: list[dict], clock: StageClock) -> list[dict]:
     """Per-crop and pooled per-tracklet vectors from stored (encoded) crops: needs no video, so an

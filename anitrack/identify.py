@@ -300,38 +300,20 @@ def ccip_merge_clusters(labels: np.ndarray, data: dict, embedder) -> np.ndarray:
     diff = embedder.differences(reps, reps)
     diff = (diff + diff.T) / 2
     pos = {int(k): i for i, k in enumerate(cids)}
-    cannot = [set() for _ in cids]
+    cannot: dict[int, set[int]] = {}
     for a, b in zip(*identity.overlap_pairs(data["episodes"], data["starts"], data["ends"])):
         la, lb = int(labels[a]), int(labels[b])
         if la >= 0 and lb >= 0 and la != lb:
-            cannot[pos[la]].add(pos[lb])
-            cannot[pos[lb]].add(pos[la])
-    parent = list(range(len(cids)))
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+            cannot.setdefault(pos[la], set()).add(pos[lb])
+            cannot.setdefault(pos[lb], set()).add(pos[la])
     iu, ju = np.triu_indices(len(cids), 1)
     d = diff[iu, ju]
-    threshold = embedder.threshold()
-    for n in np.argsort(d, kind="stable"):
-        if d[n] > threshold:
-            break
-        ra, rb = find(int(iu[n])), find(int(ju[n]))
-        if ra == rb or rb in cannot[ra]:
-            continue
-        ra, rb = min(ra, rb), max(ra, rb)  # the smaller id survives
-        parent[rb] = ra
-        for x in cannot[rb]:  # cannot-links stay keyed by roots
-            cannot[x].discard(rb)
-            cannot[x].add(ra)
-        cannot[ra] |= cannot[rb]
+    order = np.argsort(d, kind="stable")
+    order = order[d[order] <= embedder.threshold()]
+    root = identity.constrained_union(len(cids), iu[order], ju[order], cannot)
     out = labels.copy()
     for i, k in enumerate(cids):
-        out[labels == k] = cids[find(i)]
+        out[labels == k] = cids[root[i]]
     return out
 
 

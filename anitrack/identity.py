@@ -427,6 +427,34 @@ def _seed_groups(xm, idx, nbrs, group, gid, counter) -> None:
 # stage 6: cross-shot merge
 # ----------------------------------------------------------------------------------------------
 
+def constrained_union(k: int, us, vs, cannot: dict[int, set[int]]) -> np.ndarray:
+    """Union-find over ``k`` clusters joining the pairs ``(us[t], vs[t])`` in the order given (most similar
+    first), except where the two sides hold a cannot-link (members sharing a frame). The smaller root
+    survives and inherits both sides' cannot-links, so no chain of merges joins conflicting clusters;
+    ``cannot`` is consumed. Returns each cluster's root."""
+    parent = list(range(k))
+
+    def find(u: int) -> int:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    for u, v in zip(np.asarray(us).tolist(), np.asarray(vs).tolist()):
+        ru, rv = find(u), find(v)
+        if ru == rv or rv in cannot.get(ru, ()):
+            continue
+        if ru > rv:
+            ru, rv = rv, ru
+        parent[rv] = ru
+        moved = cannot.pop(rv, set())
+        for w in moved:
+            cannot[w].discard(rv)
+            cannot[w].add(ru)
+        cannot.setdefault(ru, set()).update(moved)
+    return np.array([find(u) for u in range(k)], np.int64)
+
+
 def merge_clusters(vectors, labels, episodes, starts, ends, threshold, _pairs=None) -> np.ndarray:
     """Union-find merge of clusters whose centroids have cosine >= threshold (stage 6).
 
@@ -459,27 +487,8 @@ def merge_clusters(vectors, labels, episodes, starts, ends, threshold, _pairs=No
         keep = q > r
         cand_u.append(r[keep]); cand_v.append(q[keep]); cand_s.append(block[r[keep] - s0, q[keep]])
     cu, cv, cs = (np.concatenate(t) for t in (cand_u, cand_v, cand_s))
-    parent = list(range(k))
-
-    def find(u):
-        while parent[u] != u:
-            parent[u] = parent[parent[u]]
-            u = parent[u]
-        return u
-
-    for t in np.lexsort((cv, cu, -cs)):
-        ru, rv = find(int(cu[t])), find(int(cv[t]))
-        if ru == rv or rv in cannot.get(ru, ()):
-            continue
-        if ru > rv:
-            ru, rv = rv, ru
-        parent[rv] = ru
-        moved = cannot.pop(rv, set())
-        for w in moved:
-            cannot[w].discard(rv)
-            cannot[w].add(ru)
-        cannot.setdefault(ru, set()).update(moved)
-    root = np.array([find(u) for u in range(k)], np.int64)
+    order = np.lexsort((cv, cu, -cs))
+    root = constrained_union(k, cu[order], cv[order], cannot)
     valid = labels >= 0
     labels[valid] = ids[root[index[labels[valid]]]]
     return labels

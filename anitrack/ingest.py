@@ -1,7 +1,7 @@
 """Ingestion without the orchestrator: find episodes, fingerprint, run each in a child process.
 
 Decoding untrusted video can crash the interpreter (PyAV on truncated files),
-so every episode runs in its own child process (``python -m anitrack.job``);
+so every episode runs in its own child process (``python -m anitrack.worker``);
 a crash fails that episode only. The child commits the stage tables; the
 ``episodes`` row is committed last and carries the episode's fingerprint, so
 an episode is skipped only when every stage of it committed.
@@ -27,7 +27,7 @@ import pyarrow as pa
 from anitrack.config import canonical
 from anitrack.detect import detector_id, face_finder_id
 from anitrack.embed import embedder_id
-from anitrack.job import EpisodeSpec, episode_row, utc_now
+from anitrack.worker import EpisodeSpec, episode_row, utc_now
 from anitrack.lake import Lake, slug
 from anitrack.shots import model_version as shot_model_version
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
@@ -107,10 +107,10 @@ def stale_tables(lake: Lake, keys: dict, fps: dict[str, str]) -> list[str]:
 
 
 def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | None = None,
-                   timeout_s: float | None = None, expect_hash: str | None = None) -> dict:
+                   timeout_s: float | None = None) -> dict:
     """Hash, skip if unchanged or already ingested under another name, else run the child process.
 
-    ``expect_hash`` (backfill): the episode's recorded content. The source is read only
+    ``spec.expect_hash`` (backfill): the episode's recorded content. The source is read only
     when a stage needs frames and must still hold that content; a failure then
     leaves the lake untouched instead of recording a failed episode.
     """
@@ -119,6 +119,7 @@ def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | Non
     lake = Lake(spec.lake)
     started = time.perf_counter()
     keys = {"series": spec.series, "episode": spec.episode}
+    expect_hash = spec.expect_hash
     record = expect_hash is None
     models = model_ids(spec.config)
     if expect_hash and not needs_frames(stale_tables(lake, keys, fingerprints(expect_hash, spec.config, models))):
@@ -131,7 +132,7 @@ def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | Non
         if expect_hash and digest != expect_hash:
             return _failed(lake, spec, digest, size, f"source {spec.uri} changed since it was ingested "
                            f"(ingest it again instead of a backfill)", started, record)
-    fps_ = fingerprints(digest, spec.config, models)
+    prints = fingerprints(digest, spec.config, models)
     note = None
     if record:
         twin = _same_content(lake, spec, digest)
@@ -140,19 +141,18 @@ def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | Non
             shown = spec.episode
             spec = EpisodeSpec(**dict(asdict(spec), episode=twin["episode"]))
             keys["episode"] = twin["episode"]
-            if lake.fingerprint("episodes", **keys) == fps_["episodes"]:
+            if lake.fingerprint("episodes", **keys) == prints["episodes"]:
                 if twin["uri"] != spec.uri:  # backfills read the source from here
                     lake.commit("episodes", pa.Table.from_pylist([dict(twin, uri=spec.uri)]),
-                                fingerprint=fps_["episodes"], run_id=spec.run_id, **keys)
+                                fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
                 return {"episode": shown, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri,
                         "note": note}
-    if lake.fingerprint("episodes", **keys) == fps_["episodes"]:
+    if lake.fingerprint("episodes", **keys) == prints["episodes"]:
         return {"episode": spec.episode, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri}
-    stale = stale_tables(lake, keys, fps_)
+    stale = stale_tables(lake, keys, prints)
     local, cleanup = _local_copy(spec.uri) if needs_frames(stale) else (spec.uri, lambda: None)
     try:
-        job = dict(asdict(spec), uri=local, source_uri=spec.uri, content_hash=digest, size=size, fingerprints=fps_,
-                   stale=stale)
+        job = dict(asdict(spec), video=local, content_hash=digest, size=size, fingerprints=prints, stale=stale)
         ok, message = _run_here(job, progress) if spec.in_process else _run_child(job, progress, timeout_s)
     finally:
         cleanup()
@@ -194,7 +194,7 @@ def _local_copy(uri: str) -> tuple[str, Callable[[], None]]:
 
 def _run_here(job: dict, progress) -> tuple[bool, str]:
     """Run one episode in this process, reusing its models; (ok, result JSON or one-line error)."""
-    from anitrack.job import run_episode
+    from anitrack.worker import run_episode
 
     try:
         return True, json.dumps(run_episode(job, progress, cached=True))
@@ -203,9 +203,9 @@ def _run_here(job: dict, progress) -> tuple[bool, str]:
 
 
 def _run_child(job: dict, progress, timeout_s) -> tuple[bool, str]:
-    """Run one episode in ``python -m anitrack.job``; (ok, result JSON or one-line error)."""
+    """Run one episode in ``python -m anitrack.worker``; (ok, result JSON or one-line error)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(job["threads"]))
-    proc = subprocess.Popen([sys.executable, "-m", "anitrack.job"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "anitrack.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     errors: list[str] = []
 

@@ -34,7 +34,6 @@ from schemas.tables import PARTITIONS, SCHEMA_VERSION, TABLES, with_version
 COMMIT = "_COMMIT.json"
 STAGING = "_staging"
 LOCKS = "_locks"
-_HELD: dict[str, int] = {}  # lock path -> depth: the holding process may re-enter (run = ingest + identify)
 REMOTE_TIMEOUT_S = 20.0  # opening a remote lake: bucket check
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -254,7 +253,8 @@ class Lake:
     # -- series lock ---------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, series: str, owner: str):
-        """Hold the series' exclusive lock ``_locks/<series>.json`` (host, pid, start, command) or raise LakeBusy.
+        """Hold the series' exclusive lock ``_locks/<series>.json`` (host, pid, start, command) or raise LakeBusy;
+        yields the lock's token (``holds`` checks it).
 
         Two writers of one series (two backfills, a backfill and an ingest) would
         otherwise race on the same partitions and identity runs. Locally the lock
@@ -263,22 +263,25 @@ class Lake:
         """
         check_name("series", series)
         path = self._join(LOCKS, f"{series}.json")
-        if path in _HELD:
-            _HELD[path] += 1
-            try:
-                yield
-            finally:
-                _HELD[path] -= 1
-            return
         info = {"host": socket.gethostname(), "pid": os.getpid(), "command": owner, "token": uuid.uuid4().hex,
                 "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         release = self._lock_local(path, info) if self.is_local else self._lock_claim(path, info)
-        _HELD[path] = 1
         try:
-            yield
+            yield info["token"]
         finally:
-            del _HELD[path]
             release()
+
+    def holds(self, series: str, token: str) -> bool:
+        """Whether the series' lock is the one ``lock`` yielded ``token`` for (and is still held)."""
+        path = self._join(LOCKS, f"{series}.json")
+        if self.is_local:
+            return (_read_json(path) or {}).get("token") == token
+        folder = path[:-len(".json")] + ".claims"
+        try:
+            names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
+        except FileNotFoundError:
+            return False
+        return bool(names) and names[0].endswith(f"-{token}.json")
 
     def _busy(self, series_path: str, holder: dict | None, shown: str) -> LakeBusy:
         series = series_path.rsplit("/", 1)[-1][:-len(".json")]

@@ -27,6 +27,7 @@ from PIL import Image
 
 from anitrack import crops as cropping
 from anitrack import imgutils_adapter
+from anitrack.detections import FACE, PERSON, Detections, best_faces
 
 FACE_REPO = "deepghs/anime_face_detection"  # imgutils.detect.face._REPO_ID
 CCIP_REPO = "deepghs/ccip_onnx"  # imgutils.metrics.ccip
@@ -181,8 +182,8 @@ class YoloPersonDetector:
         self.calls = 0
         self._model = YOLO(str(path))  # an existing file: ultralytics does not download
 
-    def detect(self, frames_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per frame (boxes float32 (N,4) xyxy pixels, scores float32 (N,)), persons only."""
+    def detect(self, frames_rgb: list[np.ndarray]) -> list[Detections]:
+        """Per frame, persons only."""
         self.calls += len(frames_rgb)
         out = []
         for i in range(0, len(frames_rgb), self.batch):
@@ -191,8 +192,7 @@ class YoloPersonDetector:
             results = self._model.predict(chunk, classes=[0], conf=self.conf, imgsz=self.imgsz,
                                           device=self.device, verbose=False)
             for r in results:
-                out.append((r.boxes.xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4),
-                            r.boxes.conf.cpu().numpy().astype(np.float32).reshape(-1)))
+                out.append(Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), PERSON))
         return out
 
     def close(self) -> None:
@@ -236,20 +236,18 @@ class ImgutilsFaceDetector:
             return self._detect_faces(image, model_name=self.model_name, conf_threshold=self.conf,
                                       iou_threshold=self.iou)
 
-    def detect(self, frames_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per frame (boxes float32 (N,4) xyxy pixels, scores float32 (N,)), every face found."""
+    def detect(self, frames_rgb: list[np.ndarray]) -> list[Detections]:
+        """Per frame, every face found."""
         self.calls += len(frames_rgb)
         out = []
         for frame in frames_rgb:
             dets = self._faces(frame)
-            out.append((np.array([d[0] for d in dets], np.float32).reshape(-1, 4),
-                        np.array([d[2] for d in dets], np.float32).reshape(-1)))
+            out.append(Detections([d[0] for d in dets], [d[2] for d in dets], FACE))
         return out
 
     def find_faces(self, crops_rgb: list[np.ndarray]) -> list[tuple[np.ndarray, float] | None]:
         """Best (box xyxy float32 in crop coords, score) per crop, or None."""
-        return [(boxes[int(np.argmax(scores))], float(scores.max())) if len(scores) else None
-                for boxes, scores in self.detect(crops_rgb)]
+        return best_faces(self.detect(crops_rgb))
 
     def find_face_in_still(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
         return cropping.find_face_in_still(self.find_faces, rgb)

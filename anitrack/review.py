@@ -1,10 +1,11 @@
 """Review and correct a series' identity in the browser: a local FastAPI app over the lake.
 
 Pages are rendered on the server from the lake (crops from the ``crops`` table, local or
-``s3://``); each correction is one click that writes the ``labels`` table through
-:mod:`anitrack.corrections` and re-identifies. Safe by default: it binds the loopback
-interface, every request carries the token minted at start (query, cookie or header), the
-Host header must name the loopback, and writes take the series lock.
+``s3://``); each correction is one click that writes the ``labels`` table (rows from
+:mod:`anitrack.corrections`) and re-identifies, through the ``Writes`` it is given (the
+command line gives it the flows, which hold the series lock). Safe by default: it binds the
+loopback interface, every request carries the token minted at start (query, cookie or
+header), and the Host header must name the loopback.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -26,6 +28,14 @@ from anitrack.lake import Lake, LakeBusy
 
 LOOPBACK = ("127.0.0.1", "localhost")
 STRIP = 6  # crops on a character card
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What the page writes with; each returns an identity summary (``undo``: None if there was nothing)."""
+    correct: Callable[[list[dict]], dict]    # append one correction's rows, re-identify
+    undo: Callable[[], dict | None]          # drop the latest correction, re-identify in full
+    backfill: Callable[[list[str]], dict]    # ``stage.key=value`` settings: the backfill's result
 
 
 @dataclass
@@ -352,8 +362,8 @@ def tracklet_page(review: Review, tid: str, token: str) -> str:
 
 
 # -- the application ----------------------------------------------------------------
-def make_app(lake: Lake, series: str, config: dict, token: str):
-    """The FastAPI app; ``config`` is the profile identity re-runs with (cluster and name as the run was)."""
+def make_app(lake: Lake, series: str, writes: Writes, token: str):
+    """The FastAPI app over ``series``; every write goes through ``writes``."""
     review = Review(lake, series)
     writing = threading.Lock()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -444,13 +454,13 @@ def make_app(lake: Lake, series: str, config: dict, token: str):
                 lake, series, str(body.get("kind")), _int(body.get("cluster")), name=body.get("name"),
                 tracklets=body.get("tracklets"), other=_int(body.get("other")), crops=body.get("crops"),
                 run_id=body.get("run_id"))
-            return corrections.record(lake, series, rows, config, "review")
+            return writes.correct(rows)
         return await run_in_threadpool(write, act)
 
     @app.post("/api/undo")
     async def undo(request: Request):
         def act():
-            summary = corrections.undo(lake, series, config, "review")
+            summary = writes.undo()
             if summary is None:
                 raise corrections.CorrectionError("there is no correction to undo")
             return summary
@@ -461,15 +471,13 @@ def make_app(lake: Lake, series: str, config: dict, token: str):
         body = await request.json()
 
         def act():
-            from anitrack import backfill
-
             try:
                 value = float(body.get("threshold"))
             except (TypeError, ValueError):
                 raise corrections.CorrectionError(f"{body.get('threshold')!r} is not a threshold") from None
             if not 0.0 <= value <= 1.0:
                 raise corrections.CorrectionError("the naming threshold lies in [0, 1] (0: calibrated)")
-            result = backfill.run(backfill.plan(lake, series, [f"name.threshold={value:.4f}"]))
+            result = writes.backfill([f"name.threshold={value:.4f}"])
             return result["identity"] or {"mode": "unchanged"}
         return await run_in_threadpool(write, act)
 
@@ -496,14 +504,14 @@ def check_reviewable(lake: Lake, series: str) -> None:
         raise corrections.CorrectionError(f"series {series!r} has no identity run yet (run anitrack identify first)")
 
 
-def serve(lake: Lake, series: str, config: dict, port: int = 0, announce=print) -> None:
+def serve(lake: Lake, series: str, writes: Writes, port: int = 0, announce=print) -> None:
     """Run the app on 127.0.0.1 until Ctrl-C; ``announce`` gets the URL with the token."""
     import socket
 
     import uvicorn
 
     token = secrets.token_urlsafe(24)
-    app = make_app(lake, series, config, token)
+    app = make_app(lake, series, writes, token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -514,4 +522,4 @@ def serve(lake: Lake, series: str, config: dict, port: int = 0, announce=print) 
     server.run(sockets=[sock])
 
 
-__all__ = ["Review", "Card", "make_app", "serve", "check_reviewable"]
+__all__ = ["Review", "Card", "Writes", "make_app", "serve", "check_reviewable"]

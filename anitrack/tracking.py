@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anitrack.detections import Detections
+
 
 @dataclass
 class Track:
+    id: int = -1  # the tracker's id, written into each detection's ``tracker_id``
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -47,15 +50,19 @@ class IouTracker:
         self.max_gap = max_gap
         self.active: list[Track] = []
         self.finished: list[Track] = []
+        self.started = 0
 
-    def update(self, frame: int, boxes: np.ndarray, scores: np.ndarray, det_ids: list[int]) -> list[Track]:
-        """Associate one frame's detections; returns the track each detection joined."""
+    def update(self, frame: int, dets: Detections) -> list[Track]:
+        """Associate one frame's detections (``dets.data["det_id"]``: each one's index in the episode);
+        fills ``dets.tracker_id`` and returns the track each detection joined."""
+        boxes, scores = dets.xyxy, dets.score
+        det_ids = dets.data["det_id"].tolist()
         still = []
         for track in self.active:
             (still if frame - track.last_frame <= self.max_gap else self.finished).append(track)
         self.active = still
         last = np.array([t.boxes[-1] for t in self.active], dtype=np.float32).reshape(-1, 4)
-        ious = iou_matrix(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), last)
+        ious = iou_matrix(boxes, last)
         assigned: list[Track | None] = [None] * len(boxes)
         taken = set()
         if ious.size:
@@ -69,12 +76,14 @@ class IouTracker:
         for d in range(len(boxes)):
             track = assigned[d]
             if track is None:
-                track = Track()
+                track = Track(id=self.started)
+                self.started += 1
                 self.active.append(track)
             track.frames.append(frame)
             track.boxes.append(np.asarray(boxes[d], dtype=np.float32))
             track.scores.append(float(scores[d]))
             track.det_ids.append(det_ids[d])
+            dets.tracker_id[d] = track.id
             assigned[d] = track
         return assigned
 
@@ -94,7 +103,7 @@ def split_at_cuts(tracks: list[Track], shots: list[tuple[int, int]]) -> list[tup
         for i, frame in enumerate(track.frames):
             shot = bisect.bisect_right(starts, frame) - 1
             if shot != current_shot:
-                current = Track()
+                current = Track(id=track.id)
                 current_shot = shot
                 pieces.append((shot, current))
             current.frames.append(frame)

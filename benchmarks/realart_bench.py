@@ -76,9 +76,9 @@ def frame_views(images: list[np.ndarray], config: dict, seed: int = 0):
     found = detector.detect(frames)
     detector.close()
     shots, refs = [], []
-    for frame, drawing, (b, s) in zip(frames, boxes, found):
-        if len(b):
-            face = b[int(np.argmax(s))]
+    for frame, drawing, dets in zip(frames, boxes, found):
+        if len(dets):
+            face = dets.by_score().xyxy[0]
             box = cropping.face_anchored_box(face, width, height, config["crops"]["up_ratio"], config["crops"]["pad"])
             crop = np.ascontiguousarray(frame[box[1]:box[3], box[0]:box[2]])
             shots.append((cropping.decode(cropping.encode(crop, config["crops"]["format"])),

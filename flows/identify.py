@@ -5,8 +5,8 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from anitrack.config import load_config, resolve_profile
-from anitrack.lake import Lake
 from flows import artifact_key
+from flows.executor import series_lock
 from tasks.identify import identify_task
 
 
@@ -21,11 +21,11 @@ def _artifact(series: str, summary: dict) -> None:
 @flow(name="identify-series", log_prints=True)
 def identify_series(lake: str, series: str, config: dict | None = None, references: str | None = None,
                     truth: str | None = None, full: bool = False, profile: str = "offline",
-                    sets: list[str] | None = None) -> dict:
+                    sets: list[str] | None = None, lock: str | None = None) -> dict:
     """Identify one series; deployments pass ``profile`` and ``sets`` (plain JSON) instead of ``config``."""
     if config is None:
         config = resolve_profile(load_config(sets), profile)
-    with Lake(lake).lock(series, "identify"):  # re-entered when the CLI already holds it
+    with series_lock(lake, series, "identify", lock):
         summary = identify_task(lake, series, config, references, truth, full)
     _artifact(series, summary)
     return summary

@@ -5,7 +5,7 @@ from prefect import get_run_logger, task
 
 from anitrack import progress
 from anitrack.ingest import discover, ingest_episode
-from anitrack.job import EpisodeSpec
+from anitrack.worker import EpisodeSpec
 
 
 @task(name="discover-episodes", retries=2, retry_delay_seconds=2,

@@ -235,19 +235,26 @@ def test_backfill_flow_keeps_naming_parameters_for_the_next_backfill(lake, prefe
     assert plan(Lake(str(lake), create=False), "mini", []).identity_config["name"]["threshold"] == 0.6
 
 
+def hold_lock(lake: str, series: str) -> subprocess.Popen:
+    """Another process holding ``series``' lock as an ingest would, until it is killed."""
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom anitrack.lake import Lake\n"
+                               f"with Lake({lake!r}).lock({series!r}, 'ingest'):\n"
+                               "    print('held', flush=True)\n    time.sleep(300)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_series_lock_names_a_live_holder_and_breaks_a_stale_one(tmp_path):
     import socket
-    import sys
 
     from anitrack.lake import LakeBusy
 
     lake = Lake(str(tmp_path / "lake"))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom anitrack.lake import Lake\n"
-                               f"with Lake({str(lake.root)!r}).lock('s', 'ingest'):\n"
-                               "    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(str(lake.root), "s")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LakeBusy, match=rf"series s is busy: ingest by pid {holder.pid} on "
                                            rf"{socket.gethostname()} since .* \(remove .*_locks/s.json if"):
             with lake.lock("s", "backfill"):
@@ -281,3 +288,52 @@ def test_series_lock_contenders_starting_together_each_see_the_winner(tmp_path):
         if pid != winners[0]:
             assert out.startswith(f"series s is busy: ingest by pid {winners[0]} on "), outs
     assert sorted(p.name for p in (tmp_path / "lake" / "_locks").iterdir()) == []  # no claim files left behind
+
+
+def test_a_flow_given_the_commands_lock_checks_it_instead_of_taking_it_again(tmp_path):
+    """``execute`` takes the lock before Prefect starts and hands its token to the flow: the flow accepts only
+    the lock that is really held, and without a token (a deployment run) takes the lock itself."""
+    from anitrack.lake import LakeBusy, LakeError
+    from flows.executor import series_lock
+
+    root = str(tmp_path / "lake")
+    lake = Lake(root)
+    with series_lock(root, "s", "backfill") as token:
+        assert lake.holds("s", token) and not lake.holds("s", "not-the-token")
+        with series_lock(root, "s", "backfill", held=token) as inner:
+            assert inner == token
+        with pytest.raises(LakeError, match="no longer locked"):
+            with series_lock(root, "s", "backfill", held="not-the-token"):
+                pass
+        with pytest.raises(LakeBusy):
+            with series_lock(root, "s", "ingest"):  # no re-entry: a second hold is a second writer
+                pass
+    assert not lake.holds("s", token)
+    with pytest.raises(LakeError, match="no longer locked"):
+        with series_lock(root, "s", "backfill", held=token):
+            pass
+
+
+def test_every_writing_command_refuses_a_busy_series_in_one_line_and_writes_nothing(series, lake):
+    """The lock is taken before Prefect starts, by the one executor every command runs through."""
+
+    before = stage_files(lake)
+    runs = q(lake, "SELECT count(*) AS n FROM identity_runs")
+    cluster = str(q(lake, "SELECT min(cluster_id) AS c FROM characters")[0]["c"])
+    holder = hold_lock(str(lake), "mini")
+    try:
+        commands = [("ingest", str(series[0]), "--lake", str(lake), "--series", "mini"),
+                    ("identify", "--lake", str(lake), "--series", "mini"),
+                    ("label", "--lake", str(lake), "--series", "mini", "--undo"),
+                    ("label", "--lake", str(lake), "--series", "mini", "--cluster", cluster, "--noise"),
+                    ("backfill", "--lake", str(lake), "--series", "mini", "--set", "cluster.merge_threshold=0.7")]
+        for args in commands:
+            proc = run_cli(*args)
+            assert proc.returncode == 1, (args, proc.stderr)
+            lines = [line for line in proc.stderr.splitlines() if line.strip() and "recording" not in line]
+            assert len(lines) == 1 and lines[0].startswith(f"anitrack: series mini is busy: ingest by pid "
+                                                           f"{holder.pid}"), (args, proc.stderr)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stage_files(lake) == before and q(lake, "SELECT count(*) AS n FROM identity_runs") == runs

@@ -46,9 +46,9 @@ def committed(path) -> tuple[int, int]:
 
 
 def decoding(pid: int) -> bool:
-    """An episode child process (``python -m anitrack.job``) is running under the CLI."""
+    """An episode child process (``python -m anitrack.worker``) is running under the CLI."""
     try:
-        return any("anitrack.job" in " ".join(p.cmdline()) for p in psutil.Process(pid).children(recursive=True))
+        return any("anitrack.worker" in " ".join(p.cmdline()) for p in psutil.Process(pid).children(recursive=True))
     except psutil.Error:
         return False
 

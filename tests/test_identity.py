@@ -279,3 +279,12 @@ def test_centroids_are_unit_means():
     ids, c = centroids(v, np.array([3, 3, -1, 7]))
     assert ids.tolist() == [3, 7]
     assert np.allclose(c[0], unit([1, 1])) and np.allclose(c[1], unit([1, 1]))
+
+
+def test_constrained_union_never_chains_two_clusters_that_share_a_frame():
+    """0 and 2 share a frame; 1 is similar to both. Most similar first: 0+1 join, then 1+2 would put 2 with 0,
+    so it is refused; 3+4 join, and the smaller id is each group's root."""
+    from anitrack.identity import constrained_union
+
+    root = constrained_union(5, [0, 1, 4], [1, 2, 3], {0: {2}, 2: {0}})
+    assert root.tolist() == [0, 0, 2, 3, 3]

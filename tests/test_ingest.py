@@ -237,12 +237,14 @@ def test_fsspec_memory_source(tmp_path, synth_series, prefect_harness):
     import fsspec
 
     from anitrack.config import load_config
-    from flows.ingest import run_ingest
+    from flows.executor import execute
+    from flows.ingest import ingest_series
 
     fs = fsspec.filesystem("memory")
     good = sorted(synth_series.glob("*.mp4"))[0]
     fs.pipe("/series-x/ep_07.mp4", good.read_bytes())
-    results = run_ingest("memory://series-x/", str(tmp_path / "lake"), "x", load_config(environ={}), "offline")
+    results = execute(ingest_series, str(tmp_path / "lake"), "x", "ingest", source="memory://series-x/",
+                      config=load_config(environ={}), profile="offline")
     assert [r["status"] for r in results] == ["ok"]
     uri = q(tmp_path / "lake", "SELECT uri FROM episodes")[0]["uri"]
     assert uri.startswith("memory://") and uri.endswith("/series-x/ep_07.mp4")

@@ -80,9 +80,72 @@ def test_project_modules_form_no_import_cycle():
 
 
 def test_the_episode_pipeline_loads_no_orchestrator_or_terminal_library():
-    """The per-episode child process (``python -m anitrack.job``) imports only the library."""
-    probe = ("import sys, anitrack.job, anitrack.episode; "
+    """The per-episode child process (``python -m anitrack.worker``) imports only the library."""
+    probe = ("import sys, anitrack.worker, anitrack.episode; "
              "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))")
     loaded = subprocess.run([sys.executable, "-c", probe, *ORCHESTRATION, *PRESENTATION], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
+
+
+def lock_calls() -> list[str]:
+    """Where the source takes a series lock: calls of ``.lock(`` or ``series_lock(`` outside their definitions."""
+    found = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+                if name in ("lock", "series_lock"):
+                    found.append(f"{module}:{node.lineno} {name}")
+    return found
+
+
+def test_the_series_lock_is_taken_in_one_place():
+    """Only the orchestrator's ``series_lock`` takes ``Lake.lock``; the flows and the command line reach it
+    through ``series_lock``, and the library takes no lock of its own."""
+    calls = lock_calls()
+    assert [c for c in calls if c.endswith(" lock")] == [next(c for c in calls if c.startswith("flows.executor:")
+                                                             and c.endswith(" lock"))], calls
+    users = {c.split(":")[0] for c in calls if c.endswith("series_lock")}
+    assert users <= {"flows.executor", "flows.ingest", "flows.identify", "flows.backfill", "flows.corrections",
+                     "anitrack.cli"}, users
+    assert not [c for c in calls if layer(c.split(":")[0]) == "library"], calls
+
+
+def test_no_library_module_runs_episodes_in_its_own_pool():
+    """Episodes run as tasks of the flows' task runner; the only pool in the library is the detector's
+    processes inside one episode."""
+    pools = {m for m, path in modules().items() if layer(m) == "library"
+             and ("ThreadPoolExecutor" in path.read_text() or "ProcessPoolExecutor" in path.read_text())}
+    assert pools == {"anitrack.detect"}, pools
+
+
+def test_the_offline_parts_meet_their_roles_contracts():
+    """What the episode pipeline relies on, checked on the real parts it builds from each registry."""
+    import numpy as np
+
+    from anitrack.config import load_config, resolve_profile
+    from anitrack.detect import DETECTORS, Detector, FaceFinder, make_detector, make_face_finder
+    from anitrack.detections import Detections
+    from anitrack.embed import EMBEDDERS, Embedder, make_embedder
+    from anitrack.shots import ShotDetector, make_shot_detector
+
+    assert set(DETECTORS) == {"animeface", "yolo", "imgutils"} and set(EMBEDDERS) == {"hybrid", "descriptor", "ccip"}
+    config = resolve_profile(load_config(["detect.workers=1"], environ={}), "offline")
+    detector = make_detector(config)
+    try:
+        assert isinstance(detector, Detector)
+        found = detector.detect([np.zeros((64, 64, 3), np.uint8)] * 2)
+        assert len(found) == 2 and all(isinstance(d, Detections) and len(d) == 0 for d in found)
+    finally:
+        detector.close()
+    person_first = resolve_profile(load_config(["detect.detector=yolo", "detect.workers=1"], environ={}), "offline")
+    finder = make_face_finder(person_first)
+    assert isinstance(finder, FaceFinder) and finder.find_faces([np.zeros((32, 32, 3), np.uint8)]) == [None]
+    finder.close()
+    for name in ("hybrid", "descriptor"):
+        embedder = make_embedder(resolve_profile(load_config([f"embed.model={name}"], environ={}), "offline"))
+        assert isinstance(embedder, Embedder)
+        vectors = embedder.embed([np.full((40, 32, 3), 128, np.uint8)] * 3, [None] * 3)
+        assert vectors.shape[0] == 3 and vectors.dtype == np.float32
+    assert isinstance(make_shot_detector("content"), ShotDetector)

@@ -22,6 +22,7 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: no DNS probe at import
 
 from anitrack import imgutils_adapter, models  # noqa: E402
+from anitrack.detections import PERSON  # noqa: E402
 from anitrack.config import load_config, resolve_profile  # noqa: E402
 from anitrack.models import ModelMissingError  # noqa: E402
 from tests.fake_hub import (ccip_feat_onnx, install_fake_ccip, install_fake_face, put_hf_file,  # noqa: E402
@@ -69,8 +70,10 @@ def test_yolo_detects_batch_with_local_weights(yolo_dir, monkeypatch):
     frames = synthetic_frames()
     out = det.detect(frames)
     assert len(out) == 3 and det.calls == 3
-    assert all(len(s) for _, s in out)  # the biased head fires: boxes get checked
-    for (boxes, scores), f in zip(out, frames):
+    assert all(len(d) for d in out)  # the biased head fires: boxes get checked
+    for d, f in zip(out, frames):
+        boxes, scores = d.xyxy, d.score
+        assert (d.class_id == PERSON).all() and (d.tracker_id == -1).all()
         assert boxes.dtype == np.float32 and scores.dtype == np.float32
         assert boxes.shape == (len(scores), 4) and scores.shape == (len(scores),)
         if len(boxes):
@@ -80,9 +83,9 @@ def test_yolo_detects_batch_with_local_weights(yolo_dir, monkeypatch):
     # batching is an implementation detail: one call of 3 gives the same as calls of 2 + 1
     again = models.YoloPersonDetector(weights=str(yolo_dir / "yolov8n.pt"), imgsz=320, batch=16)
     assert again.model_id == det.model_id
-    for (b1, s1), (b2, s2) in zip(out, again.detect(frames)):
-        np.testing.assert_allclose(b1, b2, atol=1e-3)
-        np.testing.assert_allclose(s1, s2, atol=1e-4)
+    for d1, d2 in zip(out, again.detect(frames)):
+        np.testing.assert_allclose(d1.xyxy, d2.xyxy, atol=1e-3)
+        np.testing.assert_allclose(d1.score, d2.score, atol=1e-4)
     assert det.detect([]) == []
 
 

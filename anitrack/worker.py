@@ -1,4 +1,4 @@
-"""Child process that ingests one episode (see ``anitrack.ingest``).
+"""The episode worker: the child process that ingests one episode (see ``anitrack.ingest``).
 
 Reads a JSON job on stdin, commits the episode's stage tables, then its
 ``episodes`` row (last), and prints a JSON summary on stdout. Progress goes to
@@ -34,6 +34,7 @@ class EpisodeSpec:
     threads: int = 1
     run_id: str = ""
     in_process: bool = False  # Dask workers: run here with cached models; the worker is the crash boundary
+    expect_hash: str | None = None  # backfill: the content the episode was ingested with (see ingest_episode)
 
 
 def utc_now() -> dt.datetime:
@@ -99,16 +100,15 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
     from anitrack.video import probe
 
     spec = EpisodeSpec(**{k: job[k] for k in EpisodeSpec.__dataclass_fields__})
-    spec.uri = job["source_uri"]
     lake = Lake(spec.lake)
-    fps = job["fingerprints"]
+    prints = job["fingerprints"]
     keys = {"series": spec.series, "episode": spec.episode}
     stale = job["stale"]  # the stage tables the parent found out of date
     previous = lake.read("episodes", spec.series, spec.episode).to_pylist()
     if not needs_frames(stale) and previous and previous[0]["status"] == "ok" \
             and previous[0]["content_hash"] == job["content_hash"]:  # nothing upstream of the vectors changed
         return _reembed(job, spec, lake, stale, previous[0])
-    info = probe(job["uri"])
+    info = probe(job["video"])
     total = info.n_frames or int(info.duration_s * info.fps) or 0
     started_at = utc_now()
     pipeline, loaded = worker_pipeline(spec.config, spec.device) if cached else \
@@ -118,7 +118,7 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
         stored = sorted(lake.read("shots", spec.series, spec.episode).to_pylist(), key=lambda r: r["shot_id"])
         shots = stored or None
     try:
-        out = pipeline.run(job["uri"], spec.series, spec.episode, shots=shots,
+        out = pipeline.run(job["video"], spec.series, spec.episode, shots=shots,
                            progress=(lambda done: progress(done, total)) if progress else None)
     finally:
         if not cached:
@@ -127,14 +127,14 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
     for stage in STAGES:
         table, t = stage.table, time.perf_counter()
         if table in stale:
-            lake.commit(table, out.tables[table], fingerprint=fps[table], run_id=spec.run_id, **keys)
+            lake.commit(table, out.tables[table], fingerprint=prints[table], run_id=spec.run_id, **keys)
         timing[table] = (out.clock.seconds[stage.section] + time.perf_counter() - t, out.clock.calls[stage.section],
                          out.tables[table].num_rows)
     decode = (out.clock.seconds["decode"], out.n_frames)
     _record(lake, job, spec, keys, stale, timing, decode, out.models, started_at)
     row = episode_row(spec, job["content_hash"], job["size"], "ok", None, fps=out.fps, n_frames=out.n_frames,
                       duration=out.duration_s, width=info.width, height=info.height)
-    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=fps["episodes"], run_id=spec.run_id, **keys)
+    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
     summary = {"status": "ok", "error": None, "frames": out.n_frames, "duration_s": out.duration_s,
                "shots": out.tables["shots"].num_rows, "tracklets": out.tables["tracklets"].num_rows,
                "crops": out.tables["crops"].num_rows, "frames_decoded": out.n_frames,
@@ -153,7 +153,7 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     from schemas.tables import TABLES
 
     keys = {"series": spec.series, "episode": spec.episode}
-    fps = job["fingerprints"]
+    prints = job["fingerprints"]
     started_at = utc_now()
     embedder = make_embedder(spec.config)
     clock = StageClock()
@@ -162,13 +162,13 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
         crops = lake.read("crops", spec.series, spec.episode).to_pylist()
         data = embed_rows(embedder, spec.config["embed"]["batch"], crops, clock)
         table = conform("embeddings", pa.Table.from_pylist(data, schema=TABLES["embeddings"]))
-        lake.commit("embeddings", table, fingerprint=fps["embeddings"], run_id=spec.run_id, **keys)
+        lake.commit("embeddings", table, fingerprint=prints["embeddings"], run_id=spec.run_id, **keys)
         rows["embeddings"] = table.num_rows
     timing = {s.table: (clock.seconds[s.section] if s.table in stale else 0.0, clock.calls[s.section], rows[s.table])
               for s in STAGES}
     _record(lake, job, spec, keys, stale, timing, (0.0, 0), {"embed": embedder.model_id}, started_at)
     row = dict(previous, uri=spec.uri, profile=spec.profile, ingested_at=utc_now())
-    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=fps["episodes"], run_id=spec.run_id, **keys)
+    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
     return {"status": "ok", "error": None, "frames": row["n_frames"], "duration_s": row["duration_s"],
             "shots": rows["shots"], "tracklets": rows["tracklets"], "crops": rows["crops"], "frames_decoded": 0}
 
@@ -180,7 +180,7 @@ def _record(lake, job, spec, keys, stale, timing, decode, models, started_at) ->
     from anitrack.config import canonical
 
     finished_at = utc_now()
-    fps = job["fingerprints"]
+    prints = job["fingerprints"]
     seconds, frames = decode
     runs = [{**keys, "run_id": spec.run_id, "stage": "decode", "parameters": "{}", "model": "pyav",
              "fingerprint": job["content_hash"], "reused": frames == 0, "seconds": seconds,
@@ -191,7 +191,7 @@ def _record(lake, job, spec, keys, stale, timing, decode, models, started_at) ->
         stage_seconds, calls, n_rows = timing[table]
         runs.append({**keys, "run_id": spec.run_id, "stage": table,
                      "parameters": canonical(spec.config[stage.section]), "model": recorded_model(stage, models),
-                     "fingerprint": fps[table], "reused": table not in stale, "seconds": stage_seconds,
+                     "fingerprint": prints[table], "reused": table not in stale, "seconds": stage_seconds,
                      "frames_decoded": 0, "model_calls": calls, "rows": n_rows,
                      "started_at": started_at, "finished_at": finished_at})
     lake.commit("stage_runs", pa.Table.from_pylist(runs), append=True, run_id=spec.run_id, **keys)
