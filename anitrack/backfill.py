@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from anitrack.config import defaults, parse_sets, resolve_profile, set_value
-from anitrack.ingest import fingerprints, model_ids, new_run_id, stale_tables
+from anitrack.ingest import fingerprints, model_ids, stale_tables
 from anitrack.worker import EpisodeSpec
-from anitrack.lake import Lake
+from anitrack.lake import Lake, new_run_id
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
 
 IDENTITY_SECTIONS = ("cluster", "name")

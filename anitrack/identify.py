@@ -337,7 +337,7 @@ def _record_run(lake: Lake, series: str, run_id: str, config: dict, model: str, 
 def identify(lake: Lake, series: str, config: dict, references: str | Path | None = None,
              truth: str | Path | None = None, full: bool = False, run_id: str | None = None) -> dict:
     """One identity run; returns a summary with the quality figures."""
-    from anitrack.ingest import new_run_id
+    from anitrack.lake import new_run_id
 
     started = time.perf_counter()
     check_inputs(lake, series, references)

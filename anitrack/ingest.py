@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import PurePosixPath
 from typing import Callable
@@ -27,7 +26,7 @@ import pyarrow as pa
 from anitrack.config import canonical
 from anitrack.detect import detector_id, face_finder_id
 from anitrack.embed import embedder_id
-from anitrack.worker import EpisodeSpec, episode_row, utc_now
+from anitrack.worker import EpisodeSpec, episode_row
 from anitrack.lake import Lake, slug
 from anitrack.shots import model_version as shot_model_version
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
@@ -246,9 +245,5 @@ def _run_child(job: dict, progress, timeout_s) -> tuple[bool, str]:
     return False, f"episode process failed: {tail[:200]}"
 
 
-def new_run_id() -> str:
-    return utc_now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
 __all__ = ["SourceError", "discover", "default_series", "episode_name",
-           "fingerprints", "ingest_episode", "model_ids", "new_run_id", "stale_tables"]
+           "fingerprints", "ingest_episode", "model_ids", "stale_tables"]

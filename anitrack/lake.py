@@ -38,6 +38,11 @@ REMOTE_TIMEOUT_S = 20.0  # opening a remote lake: bucket check
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def new_run_id() -> str:
+    """A run's id: when it started (UTC, so ids sort by time) and a random tail."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
 class LakeError(RuntimeError):
     """A lake operation that cannot proceed; the message is user-facing."""
 

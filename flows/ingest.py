@@ -9,9 +9,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from anitrack.config import load_config, resolve_profile
-from anitrack.ingest import episode_name, new_run_id
+from anitrack.ingest import episode_name
 from anitrack.worker import EpisodeSpec
-from anitrack.lake import Lake
+from anitrack.lake import Lake, new_run_id
 from flows import artifact_key
 from flows.executor import episode_workers, map_episodes, series_lock
 from tasks.identify import identify_task

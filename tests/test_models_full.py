@@ -89,6 +89,46 @@ def test_yolo_detects_batch_with_local_weights(yolo_dir, monkeypatch):
     assert det.detect([]) == []
 
 
+@pytest.mark.slow
+def test_person_first_episode_cuts_the_face_inside_each_person_or_falls_back_to_the_upper_body(
+        yolo_dir, monkeypatch, tmp_path):
+    """YOLO-shaped persons (the stand-in fires everywhere), then the face finder in the top of each person
+    box, then the upper-body fallback: every crop is one of the two, cut where the geometry says."""
+    from anitrack.crops import face_anchored_box, upper_body_box
+    from anitrack.episode import EpisodePipeline
+    from anitrack.synth import synthesize_series
+
+    monkeypatch.setenv("ANITRACK_MODELS", str(yolo_dir))
+    folder = synthesize_series(tmp_path, series="pf", episodes=1, characters=2, seconds=2, seed=3)
+    video = sorted(folder.glob("*.mp4"))[0]
+    config = resolve_profile(load_config(["detect.detector=yolo", "detect.weights=yolov8n.pt", "detect.workers=1",
+                                          "shots.backend=content", "detect.stride=12"], environ={}), "offline")
+    pipeline = EpisodePipeline(config)
+    try:
+        out = pipeline.run(str(video), "pf", video.stem)
+    finally:
+        pipeline.close()
+    assert out.models["faces"].startswith("animeface==")  # offline embedder: animeface finds the faces
+    dets = out.tables["detections"].to_pylist()
+    assert dets and {d["detector"] for d in dets} == {"yolo"}
+    person = {(d["tracklet_id"], d["frame"]): np.array([d["x1"], d["y1"], d["x2"], d["y2"]]) for d in dets}
+    crops = out.tables["crops"].to_pylist()
+    assert crops and {c["anchor"] for c in crops} <= {"face", "upper_body"}
+    assert any(c["anchor"] == "upper_body" for c in crops)  # most stand-in boxes hold no face
+    pad, up = config["crops"]["pad"], config["crops"]["up_ratio"]
+    for c in crops:
+        box = [c["x1"], c["y1"], c["x2"], c["y2"]]
+        body = person[(c["tracklet_id"], c["frame"])]
+        if c["anchor"] == "upper_body":
+            assert c["face_x1"] is None and c["face_score"] == 0.0
+            assert box == upper_body_box(body, 854, 480, pad).tolist()
+        else:  # the face, back in frame pixels, lies in the top 60% of its person and anchors the crop
+            face = np.array([c["face_x1"] + c["x1"], c["face_y1"] + c["y1"], c["face_x2"] + c["x1"],
+                             c["face_y2"] + c["y1"]], float)
+            assert body[1] - 1 <= face[1] and face[3] <= body[1] + 0.6 * (body[3] - body[1]) + 1
+            assert np.abs(face_anchored_box(face, 854, 480, up, pad) - np.array(box)).max() <= 2
+
+
 def test_yolo_missing_weights_fail_at_once(tmp_path, monkeypatch):
     empty = tmp_path / "empty_models"
     empty.mkdir()
