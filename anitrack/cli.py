@@ -192,21 +192,29 @@ def _ingest_args(source, lake, series, profile, sets, config_file, parallel, dev
             "parallel": parallel, "device": device, "runner": runner, "dask_address": dask_address}
 
 
+@contextlib.contextmanager
+def _busy_is_one_line():
+    """A series another process holds: its one-line message and exit code 1 (no traceback)."""
+    from anitrack.lake import LakeBusy
+
+    try:
+        yield
+    except LakeBusy as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
+
+
 def _flow(flow_fn, command: str, lake: str, series: str, **params):
     """Run a flow through the executor (it takes the series lock); a busy series is one line, exit 1.
     Episode progress shows as bars on a terminal."""
     from anitrack import progress
-    from anitrack.lake import LakeBusy
     from flows.executor import execute
 
-    try:
+    with _busy_is_one_line():
         if sys.stderr.isatty():
             with TerminalBoard() as board, progress.showing(board):
                 return execute(flow_fn, lake, series, command, **params)
         return execute(flow_fn, lake, series, command, **params)
-    except LakeBusy as exc:
-        _err(str(exc))
-        raise typer.Exit(1) from None
 
 
 def _ingest(**args) -> list[dict]:
@@ -818,12 +826,12 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
 
     _check_format(fmt)
     lk = _open_lake(lake, create=False)
-    from anitrack.lake import LakeBusy
     from flows.backfill import backfill_series
     from flows.executor import series_lock
 
     try:  # the plan is printed first, and what runs is planned again under the same hold of the lock
-        with contextlib.nullcontext() if dry_run else series_lock(lake, series, "backfill") as token:
+        locked = contextlib.nullcontext() if dry_run else series_lock(lake, series, "backfill")
+        with _busy_is_one_line(), locked as token:
             plan = make_plan(lk, series, set_, episodes)
             print_table(pa.Table.from_pylist(plan.rows()), fmt)
             sys.stdout.flush()
@@ -838,9 +846,6 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
             result = _flow(backfill_series, "backfill", lake, series, held=token, sets=set_, episodes=episodes)
     except (BackfillError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
-    except LakeBusy as exc:
-        _err(str(exc))
-        raise typer.Exit(1) from None
     if result["episodes"]:
         _print_results(result["episodes"], fmt)
     if result["identity"]:
