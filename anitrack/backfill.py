@@ -108,7 +108,7 @@ def episode_config(lake: Lake, series: str, episode: str, runs: list[dict]) -> d
 
 def identity_config(lake: Lake, series: str, run_id: str | None = None, runs: list[dict] | None = None) -> dict:
     """Cluster and name parameters of an identity run (default: the current one)."""
-    from anitrack.identify import current_run
+    from anitrack.identity.inputs import current_run
 
     config = defaults()
     chosen = current_run(lake, series) if run_id is None else next(
@@ -230,7 +230,7 @@ def changed_parameters(config: dict) -> dict[str, object]:
 def runs_table(lake: Lake, series: str) -> pa.Table:
     """The series' identity runs, oldest first: parameters that differ from the defaults, characters, screen
     seconds (overlaps counted once) and run seconds; ``current`` marks the one the views show."""
-    from anitrack.identify import current_run
+    from anitrack.identity.inputs import current_run
     from anitrack.intervals import union_length
 
     current = current_run(lake, series)

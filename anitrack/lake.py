@@ -51,6 +51,10 @@ class LakeUnreachable(LakeError):
     """A remote lake that cannot be opened (missing bucket, bad credentials, no answer): exit code 1."""
 
 
+class ImportKeyError(LakeError):
+    """A user's table that names no known table, or lacks a partition key: a usage error."""
+
+
 class LakeBusy(LakeError):
     """Another process holds the series lock (ingest, identify or backfill)."""
 
@@ -353,6 +357,20 @@ class Lake:
             if self.fs.exists(base):
                 found |= {p.rsplit("series=", 1)[-1] for p in self.fs.ls(base, detail=False) if "series=" in p}
         return sorted(found)
+
+
+def import_table(lake: Lake, table: str, data: pa.Table, source: str, series: str, episode: str | None = None) -> dict:
+    """Commit a user's own table (bring your own detections or embeddings) like a stage output: under the
+    table's partition keys, with the columns that follow from the others filled, checked against the schema
+    by ``commit``. Returns the keys; ``ImportKeyError`` names an unknown table or a key not given."""
+    if table not in PARTITIONS:
+        raise ImportKeyError(f"unknown table {table!r}; tables: {', '.join(PARTITIONS)}")
+    keys = {k: {"series": series, "episode": episode}[k] for k in PARTITIONS[table]}
+    missing = [k for k, v in keys.items() if v is None]
+    if missing:
+        raise ImportKeyError(f"table {table} is kept per {' and '.join(missing)}: give --{' --'.join(missing)}")
+    lake.commit(table, with_derived_columns(table, data, keys), fingerprint="import:" + source, **keys)
+    return keys
 
 
 def with_derived_columns(table: str, data: pa.Table, keys: dict[str, str]) -> pa.Table:

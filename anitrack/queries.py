@@ -23,6 +23,7 @@ class NamedQuery:
     help: str
     sql: str
     params: tuple[str, ...]  # required parameters; ``episode`` / ``character`` filters are optional otherwise
+    needs_identity: bool = True  # False: it reads ingestion's tables only, and runs before any identity run
 
 
 # episodes of the series in order (episode_number, then name); idx is 1-based
@@ -31,6 +32,12 @@ _EPISODE_ORDER = """eps AS (
     FROM episodes WHERE series = $series AND status = 'ok')"""
 
 _QUERIES = [
+    NamedQuery("episodes", "Each episode's ingestion status, length, shots and tracklets.", """
+        SELECT e.episode, e.status, round(e.duration_s, 1) AS seconds,
+               (SELECT count(*) FROM shots s WHERE s.series = e.series AND s.episode = e.episode) AS shots,
+               (SELECT count(*) FROM tracklets t WHERE t.series = e.series AND t.episode = e.episode) AS tracklets
+        FROM episodes e WHERE e.series = $series
+        ORDER BY e.episode_number NULLS LAST, e.episode""", ("series",), needs_identity=False),
     NamedQuery("screen-time", "Seconds on screen per character per episode, with the share of the episode.", """
         SELECT s.series, s.episode, s.character, s.seconds, e.duration_s AS episode_seconds,
                s.seconds / e.duration_s AS share, s.confidence
@@ -112,7 +119,7 @@ def run_named(con, name: str, **params) -> pa.Table:
     unknown = set(params) - {"series", "episode", "character", "min_confidence"}
     if unknown:
         raise QueryError(f"query {name} has no parameter {sorted(unknown)[0]!r}")
-    check_names(con, params["series"], params.get("episode"), params.get("character"))
+    check_names(con, params["series"], params.get("episode"), params.get("character"), query.needs_identity)
     sql, bound = query.sql, {k: params[k] for k in query.params}
     filters = []
     columns = _columns(con, query)

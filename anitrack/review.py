@@ -2,7 +2,7 @@
 
 Pages are rendered on the server from the lake (crops from the ``crops`` table, local or
 ``s3://``); each correction is one click that writes the ``labels`` table (rows from
-:mod:`anitrack.corrections`) and re-identifies, through the ``Writes`` it is given (the
+:mod:`anitrack.identity.corrections`) and re-identifies, through the ``Writes`` it is given (the
 command line gives it the flows, which hold the series lock). Safe by default: it binds the
 loopback interface, every request carries the token minted at start (query, cookie or
 header), and the Host header must name the loopback.
@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from anitrack import corrections
+from anitrack.identity import corrections
 from anitrack.intervals import union_length
 from anitrack.lake import Lake, LakeBusy
 
@@ -78,7 +78,7 @@ class Review:
         self.reload()
 
     def reload(self) -> None:
-        from anitrack.identify import current_run
+        from anitrack.identity.inputs import current_run
 
         self.run_id, self.members = corrections.current_members(self.lake, self.series)
         run = self.run_id
@@ -494,7 +494,7 @@ def _int(value) -> int | None:
 
 def check_reviewable(lake: Lake, series: str) -> None:
     """Refuse, before any server starts, a series the lake lacks or one without an identity run."""
-    from anitrack.identify import current_run
+    from anitrack.identity.inputs import current_run
 
     known = lake.series()
     if series not in known:

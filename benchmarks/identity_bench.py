@@ -207,7 +207,8 @@ def sims_summary(data: dict, rng) -> dict:
 
 
 def bench(n: int, seed: int = 0) -> dict:
-    from anitrack.identity import IdentityParams, cluster_tracklets, truth_metrics
+    from anitrack.identity.clustering import IdentityParams, cluster_tracklets
+    from anitrack.identity.evaluation import truth_metrics
 
     t = time.perf_counter()
     data = make_series(n, seed=seed)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from anitrack.config import load_config, resolve_profile
-from anitrack.identify import identify
+from anitrack.identity.run import identify
 from anitrack.ingest import ingest_episode
 from anitrack.worker import EpisodeSpec
 from anitrack.lake import Lake

@@ -5,7 +5,7 @@ by many artists) and, for several draws of a gallery (``--refs`` drawings per ch
 quarter of the characters left out on purpose), prints per embedder:
 
 * nearest-character accuracy of the other drawings of gallery characters;
-* at the run's calibrated naming rule (``anitrack.calibration``, exactly as identity runs
+* at the run's calibrated naming rule (``anitrack.identity.calibration``, exactly as identity runs
   use it): the share of gallery characters' drawings named right, the share of all drawings
   named wrong (a left-out character named at all counts as wrong), and the wrong share of
   the names given; the calibrated median threshold and the gallery's own genuine accept.
@@ -15,7 +15,7 @@ Two views of each drawing:
 * ``crops``: the image as it is (the face fills it);
 * ``frames`` (``--frames``): as ingestion sees it: the drawing, its edges extended, drawn
   into a 854x480 frame on a plain backdrop, found by animeface at ``detect.max_side``, cut
-  face-anchored and stored as WebP; the gallery is cut by ``identify.reference_crop``.
+  face-anchored and stored as WebP; the gallery is cut by ``anitrack.identity.gallery.reference_crop``.
   Drawings animeface misses in the frame count as unnamed (detection recall is shown).
 
     python benchmarks/realart_bench.py            # crops
@@ -51,7 +51,7 @@ def frame_views(images: list[np.ndarray], config: dict, seed: int = 0):
     misses it there) and the reference cut (crop, face) of the drawing itself."""
     from anitrack import crops as cropping
     from anitrack.detect import AnimeFaceDetector
-    from anitrack.identify import reference_crop
+    from anitrack.identity.gallery import reference_crop
 
     rng = np.random.default_rng(seed)
     detector = AnimeFaceDetector(conf=config["detect"]["conf"], workers=0, max_side=config["detect"]["max_side"])
@@ -99,7 +99,7 @@ def embed(embedder, views: list[tuple[np.ndarray, np.ndarray | None]], batch: in
 def draw_gallery(labels: np.ndarray, seed: int, refs: int, leave_out: float,
                  eligible: np.ndarray | None = None) -> tuple[np.ndarray, set[str]]:
     """A gallery of ``refs`` images per character, ``leave_out`` of the characters left out; drawn from
-    ``eligible`` images (those a reference cut finds a face in, as ``identify.embed_gallery`` keeps)."""
+    ``eligible`` images (those a reference cut finds a face in, as ``gallery.embed_gallery`` keeps)."""
     rng = np.random.default_rng(seed)
     names = sorted(set(labels))
     out = set(rng.choice(names, int(round(len(names) * leave_out)), replace=False).tolist())
@@ -116,7 +116,7 @@ def evaluate(probes: np.ndarray, gallery_vectors: np.ndarray, labels: np.ndarray
              seeds=range(4), refs: int = 6, leave_out: float = 0.25, detected: np.ndarray | None = None,
              eligible: np.ndarray | None = None) -> dict:
     """Mean over gallery draws of the figures the module docstring lists."""
-    from anitrack import calibration
+    from anitrack.identity import calibration
 
     name = config["name"]
     rows = []
@@ -146,7 +146,7 @@ def evaluate(probes: np.ndarray, gallery_vectors: np.ndarray, labels: np.ndarray
 
 
 def main() -> None:
-    from anitrack import calibration
+    from anitrack.identity import calibration
     from anitrack.config import load_config, resolve_profile
     from anitrack.embed import ColorShapeDescriptor, HybridEmbedder
 

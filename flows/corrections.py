@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from anitrack import corrections
+from anitrack.identity import corrections
 from anitrack.lake import Lake
 from flows.executor import series_lock
 from tasks.identify import identify_task

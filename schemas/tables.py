@@ -175,7 +175,7 @@ IDENTITY_RUNS = pa.schema([
     pa.field("n_clusters", pa.int64()),
     pa.field("seconds", pa.float64()),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
-    # the naming rule and what it rests on (anitrack.calibration)
+    # the naming rule and what it rests on (anitrack.identity.calibration)
     pa.field("space", pa.string()),  # "centred" | "whitened-<k>" | "ccip"
     pa.field("name_threshold", pa.float64()),  # the median of the per-character thresholds
     pa.field("character_thresholds", pa.string()),  # JSON {"threshold"|"support"|"anchor": {name: t}}

@@ -1,9 +1,9 @@
-"""Prefect task around ``anitrack.identify``: the cross-episode identity run of one series."""
+"""Prefect task around ``anitrack.identity.run``: the cross-episode identity run of one series."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from anitrack.identify import identify
+from anitrack.identity.run import identify
 from anitrack.lake import Lake
 
 

@@ -7,8 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from anitrack.corrections import CorrectionError, StaleRun, correction_rows
-from anitrack.identify import apply_corrections, noise_mask
+from anitrack.identity.corrections import CorrectionError, StaleRun, apply_corrections, correction_rows, noise_mask
 from anitrack.lake import Lake
 
 IDS = ["e1:a", "e1:b", "e1:c", "e2:d", "e2:e", "e2:f"]

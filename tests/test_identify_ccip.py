@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from anitrack import models
-from anitrack.identify import ccip_centroid, ccip_merge_clusters, identify
+from anitrack.identity.metric import ccip_centroid, ccip_merge_clusters
+from anitrack.identity.run import identify
 from anitrack.lake import Lake
 from tests.fake_hub import ccip_feat_onnx, ccip_metric_onnx, put_hf_file, unique
 

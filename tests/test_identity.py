@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anitrack.identity import (IdentityParams, assign_incremental, centroids, cluster_tracklets, merge_clusters,
-                               overlap_pairs, quality, split_conflicts, stable_unknown_labels, truth_metrics)
+from anitrack.identity.clustering import (IdentityParams, assign_incremental, centroids, cluster_tracklets, merge_clusters,
+                                         overlap_pairs, split_conflicts, stable_unknown_labels)
+from anitrack.identity.evaluation import quality, truth_metrics
 
 _spec = importlib.util.spec_from_file_location(
     "identity_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "identity_bench.py")
@@ -284,7 +285,7 @@ def test_centroids_are_unit_means():
 def test_constrained_union_never_chains_two_clusters_that_share_a_frame():
     """0 and 2 share a frame; 1 is similar to both. Most similar first: 0+1 join, then 1+2 would put 2 with 0,
     so it is refused; 3+4 join, and the smaller id is each group's root."""
-    from anitrack.identity import constrained_union
+    from anitrack.identity.clustering import constrained_union
 
     root = constrained_union(5, [0, 1, 4], [1, 2, 3], {0: {2}, 2: {0}})
     assert root.tolist() == [0, 0, 2, 3, 3]

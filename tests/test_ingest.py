@@ -267,6 +267,11 @@ def test_lake_import_validates_against_the_schema(tmp_path):
     proc = run_cli("lake", "import", "embeddings", str(bad), "--lake", str(lake), "--series", "s", "--episode", "e2")
     assert proc.returncode == 1 and "'vector'" in proc.stderr
     assert q(lake, "SELECT count(DISTINCT episode) AS n FROM embeddings")[0]["n"] == 1
+    for args, message in ((("embeddings", str(good)), "table embeddings is kept per episode: give --episode"),
+                          (("nope", str(good), "--episode", "e3"), "unknown table 'nope'")):
+        proc = run_cli("lake", "import", *args, "--lake", str(lake), "--series", "s")
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert q(lake, "SELECT count(DISTINCT episode) AS n FROM embeddings")[0]["n"] == 1
 
 
 def test_bring_your_own_vectors_imports_with_derived_columns_and_identifies(tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anitrack.calibration import SPACE_RULES, Space, calibrate_cosine, fit_space, per_character
-from anitrack.identity import overlap_pairs
-from anitrack.naming import merge_same_name, name_clusters
+from anitrack.identity.calibration import SPACE_RULES, Space, calibrate_cosine, fit_space, per_character
+from anitrack.identity.clustering import overlap_pairs
+from anitrack.identity.naming import merge_same_name, name_clusters
 
 D = 48
 RULE = SPACE_RULES["hybrid"]

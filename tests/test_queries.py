@@ -252,6 +252,7 @@ def test_screen_time_keeps_only_names_sure_enough(hand):
 
 def test_every_named_query_has_its_columns(hand):
     expected = {
+        "episodes": ["episode", "status", "seconds", "shots", "tracklets"],
         "screen-time": ["series", "episode", "character", "seconds", "episode_seconds", "share", "confidence"],
         "screen-time-series": ["series", "character", "seconds", "share", "episodes", "confidence"],
         "presence": ["character", "first_episode", "first_s", "last_episode", "last_s", "episodes_present",

@@ -42,7 +42,7 @@ def crops():
 
 
 def test_hybrid_names_real_art_better_and_calibration_holds(crops):
-    from anitrack.calibration import SPACE_RULES
+    from anitrack.identity.calibration import SPACE_RULES
     from anitrack.config import load_config, resolve_profile
 
     labels, vectors = crops

@@ -269,7 +269,8 @@ def test_every_correction_from_the_browser_lands_in_the_lake_and_survives_identi
 
 def test_the_review_order_puts_the_costliest_mistakes_first(cast_identified, cast_series):
     """Clusters at the top are those whose correction moves the most screen time (by the truth)."""
-    from anitrack.identify import load_inputs, true_characters
+    from anitrack.identity.inputs import load_inputs
+    from anitrack.identity.evaluation import true_characters
     from anitrack.intervals import union_length
     from anitrack.review import Review
 

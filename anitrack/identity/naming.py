@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anitrack.calibration import Verdicts
-from anitrack.identity import overlap_pairs
+from anitrack.identity.calibration import Verdicts
+from anitrack.identity.clustering import hdbscan_cosine, overlap_pairs
 
 
 @dataclass
@@ -44,8 +44,6 @@ class ClusterName:
 def _split_loose(x: np.ndarray, labels: np.ndarray, frozen: set[int], low: float | None,
                  min_cluster_size: int) -> np.ndarray:
     """HDBSCAN again on each cluster whose median member-pair cosine is under ``low``."""
-    from anitrack.identity import _hdbscan_cosine
-
     if low is None:
         return labels
     labels = labels.copy()
@@ -57,7 +55,7 @@ def _split_loose(x: np.ndarray, labels: np.ndarray, frozen: set[int], low: float
         sims = x[members] @ x[members].T
         if float(np.median(sims[np.triu_indices(len(members), 1)])) >= low:
             continue
-        sub = _hdbscan_cosine(x[members], max(2, min_cluster_size), 1)
+        sub = hdbscan_cosine(x[members], max(2, min_cluster_size), 1)
         for s in sorted(set(sub.tolist()) - {-1}):
             labels[members[sub == s]] = nxt
             nxt += 1

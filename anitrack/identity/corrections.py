@@ -3,16 +3,18 @@
 One home for what ``anitrack label`` and the review app write: every correction is checked
 against the identity run the user looked at, recorded by tracklet (so it survives
 re-clustering), and followed by a re-identification made as the current run was made
-(``flows.corrections``, which holds the series lock for both).
+(``flows.corrections``, which holds the series lock for both); and how an identity run applies them.
 """
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import defaultdict
 
+import numpy as np
 import pyarrow as pa
 
-from anitrack.identify import current_run
+from anitrack.identity.inputs import current_run
 from anitrack.lake import Lake
 from schemas.tables import LABELS
 
@@ -135,3 +137,53 @@ def reidentify_config(lake: Lake, series: str, config: dict) -> dict:
 
     current = identity_config(lake, series)
     return {**config, **{s: current[s] for s in IDENTITY_SECTIONS}}
+
+
+def apply_corrections(labels: np.ndarray, ids: list[str], corrections: list[dict]) -> np.ndarray:
+    """Splits, then merges, then noise, keyed by tracklets so they survive re-clustering.
+
+    Per tracklet the latest correction of each kind counts, and a later one overrides an earlier one of
+    another kind: a split undoes an earlier merge for the tracklets it takes out, a split or merge (a
+    move) takes a tracklet out of the noise.
+    """
+    labels = labels.copy()
+    index = {t: i for i, t in enumerate(ids)}
+    latest = latest_by_tracklet(corrections)
+    when = lambda tid, action: latest[(tid, action)][1] if (tid, action) in latest else None  # noqa: E731
+    next_id = int(labels.max()) + 1 if len(labels) else 0
+    groups = defaultdict(list)
+    for (tid, action), (value, _) in latest.items():
+        if tid in index and action == "split":
+            groups[value].append(index[tid])
+    for members in groups.values():  # a split group becomes its own cluster
+        labels[members] = next_id
+        next_id += 1
+    merges = defaultdict(set)
+    for (tid, action), (value, at) in latest.items():
+        split_at = when(tid, "split")
+        if tid in index and action == "merge" and labels[index[tid]] >= 0 and (split_at is None or at >= split_at):
+            merges[value].add(int(labels[index[tid]]))
+    for clusters in merges.values():  # clusters holding one merge group become one
+        labels[np.isin(labels, list(clusters))] = min(clusters)
+    labels[noise_mask(ids, corrections)] = -1
+    return labels
+
+
+def latest_by_tracklet(corrections: list[dict]) -> dict[tuple[str, str], tuple[str, object]]:
+    """(tracklet, action) -> (value, created_at) of its latest correction of that kind."""
+    latest: dict[tuple[str, str], tuple[str, object]] = {}
+    for row in sorted(corrections, key=lambda r: r["created_at"]):
+        latest[(row["tracklet_id"], row["action"])] = (row["value"], row["created_at"])
+    return latest
+
+
+def noise_mask(ids: list[str], corrections: list[dict]) -> np.ndarray:
+    """Tracklets a user marked as extras (and did not move since): they stay out of every cluster, and
+    naming does not place them."""
+    latest = latest_by_tracklet(corrections)
+    marked = set()
+    for (t, action), (value, at) in latest.items():
+        later = [latest[(t, a)][1] for a in ("split", "merge") if (t, a) in latest]
+        if action == "noise" and value == "1" and all(at > x for x in later):
+            marked.add(t)
+    return np.array([t in marked for t in ids], dtype=bool)

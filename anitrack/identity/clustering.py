@@ -1,4 +1,4 @@
-"""Cross-episode identity: cluster tracklets into characters and name them (AniTrack stages 5-7).
+"""Cluster tracklets into characters (AniTrack stages 5-6): HDBSCAN, temporal pruning, cross-shot merge.
 
 Input everywhere is one pooled, L2-normalised vector per tracklet plus the
 tracklet's episode and [start, end) seconds. Two tracklets of one episode whose
@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anitrack.identity.calibration import SpaceRule, unit
+
 _CHUNK = 8192  # rows per block in chunked matrix products (bounded memory)
 _MIN_CONFLICT_EVIDENCE = 0.1  # overlaps per member that make a split-off group a character of its own
 
@@ -54,15 +56,18 @@ class IdentityParams:
     assign_threshold: float = 0.8   # cosine a tracklet needs to its prototype / an existing centroid
 
 
+def params_from(config: dict, rule: SpaceRule) -> IdentityParams:
+    """Clustering parameters; a threshold of 0 is the embedder's own (``calibration.SPACE_RULES``)."""
+    c = config["cluster"]
+    return IdentityParams(
+        min_cluster_size=c["min_cluster_size"], min_samples=c["min_samples"],
+        merge_threshold=c["merge_threshold"] or rule.merge, reduce_dims=c["reduce_dims"],
+        max_prototypes=c["max_prototypes"], assign_threshold=c["assign_threshold"] or rule.assign)
+
+
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float32)
-    n = np.linalg.norm(a, axis=-1, keepdims=True)
-    return a / np.maximum(n, 1e-12)
-
 
 def _as_unit(a) -> np.ndarray:
     """float32 unit rows; no copy when the input already is (300k x 768 is ~1 GiB)."""
@@ -72,7 +77,7 @@ def _as_unit(a) -> np.ndarray:
     for s in range(0, len(a), _CHUNK):
         n = np.einsum("ij,ij->i", a[s:s + _CHUNK], a[s:s + _CHUNK])
         if np.any(np.abs(n - 1.0) > 1e-3):
-            return _unit(a)
+            return unit(a)
     return a
 
 
@@ -121,7 +126,7 @@ def centroids(vectors, labels) -> tuple[np.ndarray, np.ndarray]:
         return ids.astype(np.int64), np.zeros((0, np.asarray(vectors).shape[1]), np.float32)
     m = sparse.csr_matrix((np.ones(len(keep), np.float32), (inv.ravel(), keep)),
                           shape=(len(ids), len(labels)))
-    return ids.astype(np.int64), _unit(np.asarray(m @ np.asarray(vectors, dtype=np.float32)))
+    return ids.astype(np.int64), unit(np.asarray(m @ np.asarray(vectors, dtype=np.float32)))
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -165,7 +170,7 @@ def _reduce(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
     out = np.empty((n, dims), np.float32)
     for a in range(0, n, _CHUNK):
         out[a:a + _CHUNK] = (x[a:a + _CHUNK] - mean.astype(np.float32)) @ comp
-    return _unit(out)
+    return unit(out)
 
 
 def _n_prototypes(n: int, params: IdentityParams) -> int:
@@ -182,7 +187,7 @@ def _prototypes(x: np.ndarray, params: IdentityParams, seed: int) -> np.ndarray:
     km = MiniBatchKMeans(n_clusters=_n_prototypes(len(x), params), init="random", batch_size=4096, n_init=1,
                          max_iter=20, max_no_improvement=5, random_state=seed, compute_labels=False)
     km.fit(z)
-    return _nearest(z, _unit(km.cluster_centers_))
+    return _nearest(z, unit(km.cluster_centers_))
 
 
 def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -192,7 +197,7 @@ def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hdbscan_cosine(p: np.ndarray, min_cluster_size: int, min_samples: int) -> np.ndarray:
+def hdbscan_cosine(p: np.ndarray, min_cluster_size: int, min_samples: int) -> np.ndarray:
     """HDBSCAN over a precomputed cosine-distance matrix of at most max_prototypes rows."""
     import hdbscan
 
@@ -216,7 +221,7 @@ def _initial_clusters(x: np.ndarray, params: IdentityParams, seed: int) -> np.nd
     """Stage 5 clustering before pruning: HDBSCAN on tracklets, or on prototypes when there are many."""
     n = len(x)
     if n <= params.max_prototypes:
-        labels = _hdbscan_cosine(x, params.min_cluster_size, params.min_samples)
+        labels = hdbscan_cosine(x, params.min_cluster_size, params.min_samples)
     else:
         proto = _prototypes(x, params, seed)
         pid, pvec = centroids(x, proto)           # empty prototypes drop out
@@ -224,7 +229,7 @@ def _initial_clusters(x: np.ndarray, params: IdentityParams, seed: int) -> np.nd
         remap[pid] = np.arange(len(pid))
         proto = remap[proto]
         weight = np.bincount(proto, minlength=len(pid))
-        plabels = _hdbscan_cosine(pvec, 2, 1)
+        plabels = hdbscan_cosine(pvec, 2, 1)
         # a prototype HDBSCAN calls noise but that holds enough members is a cluster of its own:
         # this is where prototype sizes (weights) count
         lonely = np.flatnonzero((plabels < 0) & (weight >= params.min_cluster_size))
@@ -363,7 +368,7 @@ def _split_cluster(x, members, ci, cj, same_threshold) -> list[np.ndarray]:
     conflicted = np.array(sorted(nbrs), np.int64)
     for _ in range(10):
         k = int(group.max()) + 1
-        c = _unit(np.stack([xm[group == g].sum(0) for g in range(k)]))
+        c = unit(np.stack([xm[group == g].sum(0) for g in range(k)]))
         sims = xm @ c.T
         new = np.argmax(sims, axis=1)
         # members with conflicts: best feasible group, most confident first
@@ -391,8 +396,8 @@ def _split_cluster(x, members, ci, cj, same_threshold) -> list[np.ndarray]:
     for g in order[1:]:
         g = int(g)
         in_g = group == g
-        cg = _unit(xm[in_g].sum(0))
-        c0 = _unit(xm[group == big].sum(0))
+        cg = unit(xm[in_g].sum(0))
+        c0 = unit(xm[group == big].sum(0))
         edges = int(np.sum(((group[li] == g) & (group[lj] == big)) | ((group[li] == big) & (group[lj] == g))))
         if float(cg @ c0) >= same_threshold and edges < _MIN_CONFLICT_EVIDENCE * in_g.sum():
             # as alike as clusters the merge would join, and few conflicts: a handful of duplicate
@@ -407,7 +412,7 @@ def _split_cluster(x, members, ci, cj, same_threshold) -> list[np.ndarray]:
 def _seed_groups(xm, idx, nbrs, group, gid, counter) -> None:
     """Eject members of ``idx`` until the rest is conflict-free; recurse on the ejected ones."""
     local = set(idx.tolist())
-    c = _unit(xm[idx].sum(0))
+    c = unit(xm[idx].sum(0))
     sim = xm[idx] @ c
     deg = np.array([sum(1 for v in nbrs.get(int(u), ()) if v in local) for u in idx])
     keep = set(local)
@@ -513,7 +518,7 @@ def assign_incremental(old_vectors, old_labels, old_episodes, old_starts, old_en
     :func:`cluster_tracklets` now and then to absorb it.
     """
     old_labels = np.asarray(old_labels, np.int64)
-    xn = _unit(new_vectors)
+    xn = unit(new_vectors)
     n_new, n_old = len(xn), len(old_labels)
     out = np.full(n_new, -1, np.int64)
     if n_new == 0:
@@ -623,73 +628,3 @@ def stable_unknown_labels(clusters: dict[int, list[str]], registry: dict[str, in
             reg[members[0]] = n
         names[int(cid)] = f"unknown_{n}"
     return names, reg
-
-
-# ----------------------------------------------------------------------------------------------
-# quality and truth metrics
-# ----------------------------------------------------------------------------------------------
-
-def quality(vectors, labels, seed: int = 0) -> dict:
-    """Internal quality over clustered tracklets (labels >= 0), bounded in cost.
-
-    Silhouette (cosine) on <= 10k sampled points (it is quadratic), Davies-Bouldin
-    and Calinski-Harabasz on <= 50k (linear, but they copy their input). Metrics
-    that need >= 2 clusters are None when there are fewer.
-    """
-    from sklearn import config_context
-    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
-
-    labels = np.asarray(labels, np.int64)
-    n = len(labels)
-    valid = np.flatnonzero(labels >= 0)
-    ids, sizes = np.unique(labels[valid], return_counts=True)
-    out = {"n_clusters": int(len(ids)), "noise_fraction": float(1 - len(valid) / n) if n else 0.0,
-           "cluster_sizes": sorted(sizes.tolist(), reverse=True),
-           "silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
-    if len(ids) < 2 or len(valid) <= len(ids):
-        return out
-    rng = np.random.default_rng(seed)
-    x = np.asarray(vectors)
-    pick = np.sort(rng.choice(valid, size=min(len(valid), 50000), replace=False))
-    xs, ls = _unit(x[pick]), labels[pick]
-    if len(np.unique(ls)) >= 2:
-        out["davies_bouldin"] = float(davies_bouldin_score(xs, ls))
-        out["calinski_harabasz"] = float(calinski_harabasz_score(xs, ls))
-    sil = np.sort(rng.choice(len(pick), size=min(len(pick), 10000), replace=False))
-    if 2 <= len(np.unique(ls[sil])) < len(sil):
-        with config_context(working_memory=128):
-            out["silhouette"] = float(silhouette_score(xs[sil], ls[sil], metric="cosine"))
-    return out
-
-
-def truth_metrics(pred_labels, true_labels) -> dict:
-    """Adjusted Rand and B-cubed precision/recall/F1 against ground truth.
-
-    Predicted noise (-1) counts as singletons (each its own cluster), as does a
-    true label of -1. B-cubed from contingency counts n_ct (cluster c, truth t):
-    precision = sum n_ct^2 / n_c / N, recall = sum n_ct^2 / n_t / N; no N x N matrix.
-    """
-    from sklearn.metrics import adjusted_rand_score
-    from sklearn.metrics.cluster import contingency_matrix
-
-    def singletons(a):
-        a = np.asarray(a).copy()
-        if a.dtype.kind in "iu":
-            a = a.astype(np.int64)
-            noise = a < 0
-            a[noise] = a.max(initial=0) + 1 + np.arange(int(noise.sum()))
-        return a
-
-    p, t = singletons(pred_labels), singletons(true_labels)
-    n = len(p)
-    if n == 0:
-        return {"adjusted_rand": 1.0, "bcubed_precision": 1.0, "bcubed_recall": 1.0, "bcubed_f1": 1.0}
-    m = contingency_matrix(p, t, sparse=True).tocoo()
-    nc = np.asarray(m.sum(axis=1)).ravel()
-    nt = np.asarray(m.sum(axis=0)).ravel()
-    sq = m.data.astype(np.float64) ** 2
-    prec = float((sq / nc[m.row]).sum() / n)
-    rec = float((sq / nt[m.col]).sum() / n)
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    return {"adjusted_rand": float(adjusted_rand_score(t, p)), "bcubed_precision": prec,
-            "bcubed_recall": rec, "bcubed_f1": f1}
