@@ -20,7 +20,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "threshold": (0.0, "Detector threshold; 0 means the backend's own default (0.5 / 27.0 / 3.0)."),
         "min_shot_frames": (4, "Shortest shot in frames; anime shots of ~11 frames are common."),
         "gate": (True, "transnetv2: run the network only on windows where the cheap frame change shows a "
-                       "candidate boundary (the rules could place none elsewhere); false runs every window."),
+                       "candidate boundary other than a clear cut (the rules could place none elsewhere, and "
+                       "decide clear cuts without it); false runs every window."),
         "context": (25, "transnetv2: frames of context kept either side of each 100-frame window's "
                         "predictions (25 = the reference; fewer means fewer windows, probabilities shift a little)."),
         "precision": ("auto", "transnetv2: fp32 (the reference), bf16 (about 2x faster on CPUs with bf16 "

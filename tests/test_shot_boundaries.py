@@ -56,7 +56,7 @@ def test_boundaries_match_the_truth_within_one_frame(series):
     assert false <= 0.01 * n_shots
     assert wrong_kind == 0
     reasons = {r["reason"] for r in q("SELECT DISTINCT reason FROM shots")}
-    assert reasons <= {"start", "transnetv2", "difference"}
+    assert reasons <= {"start", "change", "transnetv2", "difference"}
 
 
 def test_no_tracklet_crosses_a_true_boundary(series):

@@ -305,9 +305,11 @@ def _shot(place: np.ndarray, x: int, n: int) -> list[np.ndarray]:
 
 
 def test_a_low_transnetv2_peak_that_the_frame_change_confirms_is_a_cut():
-    """A jump cut (same place, the camera moved) that TransNetV2 scores 0.2: the frame change decides."""
+    """A jump cut (same place, the camera moved a little) that TransNetV2 scores 0.2: the frame change
+    decides. The colours stay, so it is no clear cut: TransNetV2's word counts."""
     place = _place(1)
-    frames = _shot(place, 10, 40) + _shot(place, 40, 40)
+    frames = _shot(place, 10, 40) + _shot(place, 14, 40)
+    assert not _change(frames).clear_cut(40)
     probs = np.zeros(80, np.float32)
     probs[39] = 0.2  # TransNetV2 marks the outgoing shot's last frame
     assert shots.decide_boundaries(probs, _change(frames)) == [shots.Boundary(40, "difference", "cut")]
@@ -315,6 +317,42 @@ def test_a_low_transnetv2_peak_that_the_frame_change_confirms_is_a_cut():
     assert shots.decide_boundaries(probs, _change(frames)) == []
     probs[39] = 0.9  # over the threshold: TransNetV2 alone decides
     assert shots.decide_boundaries(probs, _change(frames)) == [shots.Boundary(40, "transnetv2", "cut")]
+
+
+def test_a_clear_cut_is_decided_by_the_frame_change_alone():
+    """Two calm shots of different places: a cut whatever TransNetV2 says, and its peak is the same cut."""
+    frames = _shot(_place(3), 20, 50) + _shot(_place(4), 60, 50)
+    change = _change(frames)
+    assert change.clear_cut(50) and not any(change.clear_cut(t) for t in range(100) if t != 50)
+    probs = np.zeros(100, np.float32)
+    assert shots.decide_boundaries(probs, change) == [shots.Boundary(50, "change", "cut")]
+    probs[49] = 0.9
+    assert shots.decide_boundaries(probs, change) == [shots.Boundary(50, "change", "cut")]
+
+
+def test_a_flash_a_new_pose_and_drawings_on_threes_are_no_clear_cut():
+    place = _place(5)
+    calm = _shot(place, 20, 40)
+    flash = calm[:20] + [np.full_like(calm[0], 255)] + calm[:19]  # one white frame, then the same shot
+    assert not any(_change(flash).clear_cut(t) for t in range(40))
+    pose = [f.copy() for f in calm]  # the same background, a figure in a new pose from frame 20 on
+    for t, f in enumerate(pose):
+        (f[4:24, 10:22] if t < 20 else f[4:24, 24:36])[:] = (200, 60, 60)
+    change = _change(pose)
+    assert change.diff[20] >= shots.CLEAR_MIN and not change.clear_cut(20)
+    threes = [place[:, 10 + 9 * (t // 3):58 + 9 * (t // 3)].copy() for t in range(30)]  # big new drawings
+    change = _change(threes)
+    assert max(change.diff) >= shots.CLEAR_MIN and not any(change.clear_cut(t) for t in range(30))
+
+
+def test_the_gate_runs_no_window_whose_only_candidates_are_clear_cuts():
+    """Clear cuts are decided without TransNetV2, so their windows are not run."""
+    places = [_place(k) for k in range(6, 12)]
+    frames = [np.ascontiguousarray(cv2.resize(f, (854, 480), interpolation=cv2.INTER_NEAREST))
+              for p in places for f in _shot(p, 30, 60)]
+    detector = make_shot_detector("transnetv2", precision="fp32")
+    assert run(detector, frames) == [60, 120, 180, 240, 300]
+    assert detector.windows_run == 0 and [b.reason for b in detector.boundaries] == ["change"] * 5
 
 
 def test_a_new_drawing_every_third_frame_is_not_a_cut():
