@@ -119,7 +119,10 @@ def _cards(page) -> list[dict]:
 
 
 def _images_loaded(page) -> bool:
-    return page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    """Every image on the page decoded (waits for the page's images to finish, loaded or broken)."""
+    page.wait_for_load_state("load")
+    page.wait_for_function("[...document.images].every(i => i.complete)", timeout=30_000)
+    return page.evaluate("[...document.images].every(i => i.naturalWidth > 0)")
 
 
 def _wait_done(page) -> str:
