@@ -38,6 +38,10 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "max_side": (640, "animeface sees frames downscaled to this longest side (cost grows with pixels; "
                           "recall on 480p anime was unchanged at 640); 0 = full size."),
         "workers": (0, "Detector processes inside one episode; 0 means one per CPU core."),
+        "keyframe_every": (4, "Detect on every n-th sampled frame (a power of two); between two detected frames "
+                                 "that disagree (a face came, left or moved too far to track) or with a cut between "
+                                 "them, detect the middle one and judge each half again; where they agree the "
+                                 "boxes are interpolated (detector 'interpolated'). 1: detect every sampled frame."),
     },
     "track": {
         "iou": (0.30, "Minimum IoU to extend a tracklet."),
@@ -48,7 +52,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "per_tracklet": (0, "Crops kept per tracklet (each is embedded); 0: the profile's (4 in hub-cpu, 20 otherwise)."),
         "up_ratio": (0.45, "Face box expanded upward by this fraction of its height (hair, ears)."),
         "pad": (25, "Padding in pixels around the face-anchored crop."),
-        "format": ("webp", "Encoding of crop images stored in the lake: webp, png or jpeg."),
+        "format": ("webp", "Encoding of crop images stored in the lake: webp, png or jpeg (25x faster to write "
+                           "than webp, but its artefacts cost names: see the README)."),
         "select": ("auto", "Which crops a tracklet keeps: even (spread over its length), best (highest face score "
                            "x sharpness x size) or auto (best in hub-cpu, even otherwise)."),
     },
@@ -201,6 +206,9 @@ def resolve_profile(config: dict, profile: str) -> dict:
             raise ConfigError(f"{dotted}: choose from {', '.join(allowed)}, got {config[stage][key]!r}")
     if config["detect"]["stride"] < 1:
         raise ConfigError("detect.stride: must be at least 1")
+    every = config["detect"]["keyframe_every"]
+    if every < 1 or every & (every - 1):
+        raise ConfigError(f"detect.keyframe_every: must be a power of two (1, 2, 4, 8, ...), got {every}")
     return config
 
 

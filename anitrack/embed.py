@@ -68,30 +68,39 @@ class ColorShapeDescriptor:
         skin = np.median(cheeks.reshape(-1, 3), axis=0) if cheeks.size else np.median(img.reshape(-1, 3), axis=0)
         norm = img / np.maximum(skin, 1.0)  # skin -> (1,1,1): cancels a per-channel grading gain
         regions = [
-            norm[:max(fy1, 1)],                                  # hair above the face
-            norm[fy1:fy1 + max(fh // 2, 1), fx1:fx2],             # upper face: eyes, bangs
-            norm[fy1:fy2, :max(fx1, 1)], norm[fy1:fy2, fx2:],     # sides: hair length
-            norm[fy1 + fh // 2:fy2, fx1:fx2],                     # lower face
-            norm[fy1 + int(fh * 0.35):fy1 + int(fh * 0.75), fx1 + fw // 8:fx2 - fw // 8],  # eyes
-            norm[fy2:],                                           # below the chin: collar, outfit
+            np.s_[:max(fy1, 1)],                                  # hair above the face
+            np.s_[fy1:fy1 + max(fh // 2, 1), fx1:fx2],             # upper face: eyes, bangs
+            np.s_[fy1:fy2, :max(fx1, 1)], np.s_[fy1:fy2, fx2:],    # sides: hair length
+            np.s_[fy1 + fh // 2:fy2, fx1:fx2],                     # lower face
+            np.s_[fy1 + int(fh * 0.35):fy1 + int(fh * 0.75), fx1 + fw // 8:fx2 - fw // 8],  # eyes
+            np.s_[fy2:],                                           # below the chin: collar, outfit
         ]
-        blocks = [self._chroma_hist(r) for r in regions]
+        codes = self._bin_codes(norm)
+        blocks = [self._chroma_hist(codes[r]) for r in regions]
         blocks.append(self._gradients(crop))
         vec = np.concatenate([b * wt for b, wt in zip(blocks, self.WEIGHTS)])
         return vec / max(np.linalg.norm(vec), 1e-9)
 
-    def _chroma_hist(self, region: np.ndarray) -> np.ndarray:
-        n = self.CHROMA_BINS * self.CHROMA_BINS * self.VALUE_BINS
-        if region.size == 0:
-            return np.zeros(n)
-        px = region.reshape(-1, 3)
-        total = px.sum(axis=1, keepdims=True)
-        chroma = px[:, :2] / total  # r, g chromaticity relative to skin
-        value = np.log2(np.clip(total[:, 0] / 3.0, 1e-3, None))  # brightness relative to skin
-        hist, _ = np.histogramdd(
-            np.column_stack([chroma, value]), bins=(self.CHROMA_BINS, self.CHROMA_BINS, self.VALUE_BINS),
-            range=((0.0, 0.75), (0.0, 0.75), (-4.0, 1.0)))
-        return _hellinger(hist.ravel())
+    def _bin_codes(self, norm: np.ndarray) -> np.ndarray:
+        """Each pixel's (r, g chromaticity, brightness) bin relative to skin, numbered as np.histogramdd
+        numbers its bins, an outlier bin either side of each axis included: computed once per crop,
+        since the regions overlap."""
+        total = norm.sum(axis=2)
+        axes = ((norm[..., 0] / total, self.CHROMA_BINS, 0.75, 0.0), (norm[..., 1] / total, self.CHROMA_BINS, 0.75, 0.0),
+                (np.log2(np.clip(total / 3.0, 1e-3, None)), self.VALUE_BINS, 1.0, -4.0))
+        code = np.zeros(total.shape, np.intp)
+        for x, bins, hi, lo in axes:
+            edges = np.linspace(lo, hi, bins + 1)
+            at = np.searchsorted(edges, x, side="right")
+            at[x == edges[-1]] -= 1  # the upper edge belongs to the last bin
+            code = code * (bins + 2) + at
+        return code
+
+    def _chroma_hist(self, codes: np.ndarray) -> np.ndarray:
+        """A region's colour histogram (np.histogramdd's, from the pixels' bin codes; outliers dropped)."""
+        c, v = self.CHROMA_BINS + 2, self.VALUE_BINS + 2
+        hist = np.bincount(codes.ravel(), minlength=c * c * v).reshape(c, c, v)[1:-1, 1:-1, 1:-1]
+        return _hellinger(hist.ravel()) if codes.size else np.zeros(hist.size)
 
     @staticmethod
     def _gradients(crop: np.ndarray, size: int = 48, grid: int = 4, bins: int = 8) -> np.ndarray:

@@ -22,7 +22,8 @@ from anitrack.detect import FACE_FIRST, make_detector, make_face_finder
 from anitrack.detections import Detections
 from anitrack.embed import make_embedder, pool
 from anitrack.lake import conform
-from anitrack.shots import cuts_to_shots, make_shot_detector, run_model_id
+from anitrack.sampling import INTERPOLATED, FrameSampler
+from anitrack.shots import FrameChange, cuts_to_shots, make_shot_detector, run_model_id, tiny_frame
 from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
 from schemas.tables import TABLES
@@ -124,52 +125,62 @@ class EpisodePipeline:
         n_found = 0
         candidates: dict[int, Candidate] = {}
         kept: dict[int, list[int]] = defaultdict(list)  # id(track) -> det ids with a candidate
-        batch = []
         keep, best = cfg["crops"]["per_tracklet"], cfg["crops"]["select"] == "best"
         limit = 2 * max(keep, 10) if best else 2 * keep  # the best few are picked from at least 20 spread out
 
-        pending: list = []  # the batch being detected in the background: (frames, results)
-
-        def collect():
-            """Wait for the in-flight batch, then track it and cut its crops."""
-            if not pending:
-                return
+        def track(frame, dets: Detections, detected: bool):
+            """Cut the crops of a detected frame and track its boxes (frames arrive in order)."""
             nonlocal n_found
-            frames, results = pending.pop()
             t = time.perf_counter()
-            results = results()
-            t = clock.add("detect", t)
-            for frame, dets in zip(frames, results):
-                h, w = frame.rgb.shape[:2]
-                ids = np.arange(n_found, n_found + len(dets))
-                dets = dets.by_score().with_data(frame=frame.index, det_id=ids)
-                n_found += len(dets)
-                made = self._candidates(frame, dets, w, h)
-                t = clock.add("crops", t)
-                tracks = tracker.update(frame.index, dets)
-                found.append(dets)
-                for det_id, track, cand in zip(ids.tolist(), tracks, made):
-                    candidates[det_id] = cand
-                    mine = kept[id(track)]
-                    mine.append(det_id)
-                    if len(mine) > limit:  # thin evenly, keep memory bounded per tracklet
-                        for dropped in mine[1::2]:
-                            candidates.pop(dropped, None)
-                        mine[:] = mine[::2]
-                t = clock.add("track", t)
+            h, w = frame.rgb.shape[:2]
+            ids = np.arange(n_found, n_found + len(dets))
+            dets = dets.by_score().with_data(frame=frame.index, det_id=ids,
+                                             detector=self.detector.name if detected else INTERPOLATED)
+            n_found += len(dets)
+            made = self._candidates(frame, dets, w, h) if detected else [None] * len(dets)
+            t = clock.add("crops", t)
+            tracks = tracker.update(frame.index, dets)
+            found.append(dets)
+            for det_id, tracked, cand in zip(ids.tolist(), tracks, made):
+                if cand is None:
+                    continue
+                candidates[det_id] = cand
+                mine = kept[id(tracked)]
+                mine.append(det_id)
+                if len(mine) > limit:  # thin evenly, keep memory bounded per tracklet
+                    for dropped in mine[1::2]:
+                        candidates.pop(dropped, None)
+                    mine[:] = mine[::2]
+            clock.add("track", t)
 
-        def flush():
-            collect()
+        def detect(rgb: list):
+            """Start a batch (in the background where the detector can); the detect clock also counts
+            the time spent waiting for its results."""
             t = time.perf_counter()
-            submit = getattr(self.detector, "submit", None)
-            frames = list(batch)
-            if submit:
-                pending.append((frames, submit([f.rgb for f in frames])))
+            if hasattr(self.detector, "submit"):
+                wait = self.detector.submit(rgb)
             else:
-                results = self.detector.detect([f.rgb for f in frames])
-                pending.append((frames, lambda: results))
-            clock.add("detect", t, calls=len(frames))
-            batch.clear()
+                results = self.detector.detect(rgb)
+                wait = lambda: results  # noqa: E731
+            clock.add("detect", t, calls=len(rgb))
+
+            def result():
+                t = time.perf_counter()
+                out = wait()
+                clock.add("detect", t)
+                return out
+            return result
+
+        # where the picture may cut, for the sampler: the stored shots' cuts, or the frame change (TransNetV2's
+        # own; kept here beside PySceneDetect, which has none)
+        change = None if shots else getattr(shot_detector, "change", None)
+        own_change = not shots and change is None
+        if own_change:
+            change = FrameChange()
+        starts = [r["start_frame"] for r in shots or []]
+        cut_between = change.cut_between if change else lambda a, b: any(a < s <= b for s in starts)
+        sampler = FrameSampler(detect, track, stride, cfg["detect"]["keyframe_every"], cfg["track"]["iou"],
+                               DETECT_BATCH, cut_between)
 
         t = time.perf_counter()
         for frame in iter_frames(uri):
@@ -178,18 +189,15 @@ class EpisodePipeline:
             if shot_detector is not None:
                 shot_detector.push(frame.index, frame.rgb)
                 t = clock.add("shots", t)
-            if frame.index % stride == 0:
-                batch.append(frame)
-                if len(batch) >= DETECT_BATCH:
-                    flush()
+            if own_change:
+                change.push(tiny_frame(frame.rgb))
+            sampler.offer(frame)
             if progress and frame.index % 50 == 0:
                 progress(frame.index)
             if frame.index % TRIM_EVERY == TRIM_EVERY - 1:
                 _release_freed_memory()
             t = time.perf_counter()
-        if batch:
-            flush()
-        collect()
+        sampler.finish()
         _release_freed_memory()
         n = len(pts)
         fps = (n - 1) / (pts[-1] - pts[0]) if n > 1 and pts[-1] > pts[0] else 24.0
@@ -252,12 +260,13 @@ class EpisodePipeline:
                      for i, (s, e) in enumerate(shots)]
         shot_of = np.searchsorted([s for s, _ in shots], np.arange(n), side="right") - 1
         none = np.zeros(0, np.int64)
-        dets = Detections.concat(found) if found else Detections.empty().with_data(frame=none, det_id=none)
+        dets = Detections.concat(found) if found else Detections.empty().with_data(
+            frame=none, det_id=none, detector=np.zeros(0, str))
         at = dets.data["frame"]
         det_table = dets.with_data(
             series=series, episode=episode, t_s=np.asarray(pts)[at], shot_id=shot_of[at],
             tracklet_id=np.array([det_tracklet.get(i) for i in dets.data["det_id"].tolist()], object),
-            detector=self.detector.name).to_arrow().drop_columns(["class_id", "tracker_id", "det_id"])
+            ).to_arrow().drop_columns(["class_id", "tracker_id", "det_id"])
         def table(name, rows):
             return conform(name, pa.Table.from_pylist(rows, schema=TABLES[name]))
 

@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from anitrack.shots import _TINY_SIZE, TransNetV2ShotDetector
+from anitrack.shots import TransNetV2ShotDetector, tiny_frame
 from anitrack.synth import synthesize_series
 from anitrack.video import iter_frames
 
@@ -37,7 +36,7 @@ OPTIONS = {  # option -> TransNetV2ShotDetector arguments
 
 def tiny_frames(path: Path) -> list[np.ndarray]:
     """The 48x27 frames, resized exactly as the detector resizes them (a second resize is a copy)."""
-    return [cv2.resize(f.rgb, _TINY_SIZE, interpolation=cv2.INTER_AREA) for f in iter_frames(str(path))]
+    return [tiny_frame(f.rgb) for f in iter_frames(str(path))]
 
 
 def detect(option: str, frames: list[np.ndarray]) -> tuple[TransNetV2ShotDetector, float]:

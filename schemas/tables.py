@@ -49,6 +49,8 @@ DETECTIONS = pa.schema(_PART + [
     pa.field("x1", pa.float32()), pa.field("y1", pa.float32()),
     pa.field("x2", pa.float32()), pa.field("y2", pa.float32()),
     pa.field("score", pa.float32()),
+    # the detector that saw the box, or "interpolated": between two detected frames that agree
+    # (detect.keyframe_every), on the line between their boxes; tracked, but cut no crop
     pa.field("detector", pa.string()),
 ])
 

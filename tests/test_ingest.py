@@ -66,6 +66,37 @@ def test_no_tracklet_crosses_a_cut(ingested_lake, synth_truth):
             assert r["n_detections"] >= 3
 
 
+def test_keyframes_give_the_tracklets_of_detecting_every_sampled_frame_for_less_detector_work(
+        ingested_lake, synth_series):
+    """The default (keyframes, the frames between them detected only where they disagree) against the
+    detector on every sampled frame, on the same real episode: the same tracklets, fewer detector calls;
+    interpolated boxes are recorded as such and no crop is cut from one."""
+    from anitrack.config import load_config, resolve_profile
+    from anitrack.episode import EpisodePipeline
+
+    episode = "episode_01"
+    config = resolve_profile(load_config(["detect.keyframe_every=1", "detect.workers=1"], environ={}), "offline")
+    pipeline = EpisodePipeline(config)
+    try:
+        every = pipeline.run(str(synth_series / f"{episode}.mp4"), "mini", episode)
+    finally:
+        pipeline.close()
+    stride = config["detect"]["stride"]
+    dense = sorted((r["start_frame"], r["end_frame"]) for r in every.tables["tracklets"].to_pylist())
+    keyed = sorted((r["start_frame"], r["end_frame"]) for r in q(
+        ingested_lake, f"SELECT start_frame, end_frame FROM tracklets WHERE episode = '{episode}'"))
+    assert len(keyed) == len(dense)
+    assert all(abs(a - c) <= stride and abs(b - d) <= stride for (a, b), (c, d) in zip(keyed, dense)), (keyed, dense)
+    calls = q(ingested_lake, f"SELECT model_calls FROM stage_runs WHERE stage = 'detections' AND episode = '{episode}'")
+    assert calls[0]["model_calls"] < 0.75 * every.clock.calls["detect"]
+    kinds = {r["detector"]: r["n"] for r in q(ingested_lake, "SELECT detector, count(*) AS n FROM detections GROUP BY 1")}
+    assert set(kinds) == {"animeface", "interpolated"} and kinds["interpolated"] > 0
+    cut_from_interpolated = q(ingested_lake, """
+        SELECT c.crop_id FROM crops c JOIN detections d USING (episode, tracklet_id, frame)
+        WHERE d.detector = 'interpolated'""")
+    assert cut_from_interpolated == []
+
+
 def test_every_character_is_in_some_tracklet(ingested_lake, synth_series, synth_truth):
     """Each kept detection is matched to the truth face box containing its centre."""
     import csv

@@ -102,7 +102,7 @@ def test_adaptive_real_clip(onepiece_frames):
 def test_transnetv2_streaming_matches_reference(onepiece_frames):
     """Incremental windows + batching reproduce TransNetV2's own predict_frames; the gate only leaves
     windows out (their probabilities 0), it changes none that it runs."""
-    tiny = np.stack([cv2.resize(f, (48, 27), interpolation=cv2.INTER_AREA) for f in onepiece_frames])
+    tiny = np.stack([shots.tiny_frame(f) for f in onepiece_frames])
     net = shots._transnetv2_model("cpu")
     with torch.inference_mode():
         ref, _ = net.predict_frames(torch.from_numpy(tiny), quiet=True)
