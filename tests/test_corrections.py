@@ -39,6 +39,10 @@ def test_name_and_merge_cover_every_tracklet_of_the_clusters(lake):
     assert len({r["created_at"] for r in rows}) == 1  # one correction, one undo
     merged = apply(correction_rows(lake, "s", "merge", 0, other=2))
     assert merged == [0, 0, 1, 1, 0, 0]
+    # a re-run that leaves merged tracklets as noise (or placed them only by naming) still keeps them together
+    assert apply(correction_rows(lake, "s", "merge", 0, other=2), labels=[0, -1, 1, 1, -1, 2]) == [0, 0, 1, 1, 0, 0]
+    alone = apply(correction_rows(lake, "s", "merge", 0, other=2), labels=[-1, -1, 1, 1, -1, -1])
+    assert alone[2:4] == [1, 1] and len(set(alone[:2] + alone[4:])) == 1 and alone[0] not in (-1, 1)
 
 
 def test_move_takes_tracklets_out_of_one_cluster_into_another(lake):

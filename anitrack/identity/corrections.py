@@ -144,7 +144,8 @@ def apply_corrections(labels: np.ndarray, ids: list[str], corrections: list[dict
 
     Per tracklet the latest correction of each kind counts, and a later one overrides an earlier one of
     another kind: a split undoes an earlier merge for the tracklets it takes out, a split or merge (a
-    move) takes a tracklet out of the noise.
+    move) takes a tracklet out of the noise. A merged tracklet the clustering left as noise (or the
+    previous run placed only by its naming verdict) still joins its group: the user said it belongs.
     """
     labels = labels.copy()
     index = {t: i for i, t in enumerate(ids)}
@@ -158,13 +159,17 @@ def apply_corrections(labels: np.ndarray, ids: list[str], corrections: list[dict
     for members in groups.values():  # a split group becomes its own cluster
         labels[members] = next_id
         next_id += 1
-    merges = defaultdict(set)
+    merges = defaultdict(list)
     for (tid, action), (value, at) in latest.items():
         split_at = when(tid, "split")
-        if tid in index and action == "merge" and labels[index[tid]] >= 0 and (split_at is None or at >= split_at):
-            merges[value].add(int(labels[index[tid]]))
-    for clusters in merges.values():  # clusters holding one merge group become one
-        labels[np.isin(labels, list(clusters))] = min(clusters)
+        if tid in index and action == "merge" and (split_at is None or at >= split_at):
+            merges[value].append(index[tid])
+    for members in merges.values():  # clusters holding one merge group become one, with its noise members
+        clusters = set(labels[members].tolist()) - {-1}
+        target = min(clusters) if clusters else next_id
+        next_id += not clusters
+        labels[np.isin(labels, list(clusters))] = target
+        labels[members] = target
     labels[noise_mask(ids, corrections)] = -1
     return labels
 
