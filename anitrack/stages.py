@@ -23,7 +23,7 @@ class Stage:
 
 STAGES = (
     Stage("shots", "shots", (), "shots", True, ("precision",)),
-    Stage("detections", "detect", (), "detect", True, ("workers",), added=(("face_model", ""), ("keyframe_every", 1))),
+    Stage("detections", "detect", (), "detect", True, ("workers", "batch"), added=(("face_model", ""), ("keyframe_every", 1))),
     Stage("tracklets", "track", ("shots", "detections"), None, True),
     Stage("crops", "crops", ("tracklets",), "faces", True, added=(("select", "even"),)),  # person-first: the finder that cuts the faces
     Stage("embeddings", "embed", ("crops",), "embed", False, ("batch",)),

@@ -148,6 +148,7 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     import pyarrow as pa
 
     from anitrack.embed import make_embedder
+    from anitrack.config import batch_size
     from anitrack.episode import StageClock, embed_rows
     from anitrack.lake import conform
     from schemas.tables import TABLES
@@ -160,7 +161,7 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     rows = {t: (lake.read_commit(lake.partition(t, **keys)) or {}).get("rows", 0) for t in STAGE_TABLES}
     if "embeddings" in stale:
         crops = lake.read("crops", spec.series, spec.episode).to_pylist()
-        data = embed_rows(embedder, spec.config["embed"]["batch"], crops, clock)
+        data = embed_rows(embedder, batch_size(spec.config, "embed", spec.device), crops, clock)
         table = conform("embeddings", pa.Table.from_pylist(data, schema=TABLES["embeddings"]))
         lake.commit("embeddings", table, fingerprint=prints["embeddings"], run_id=spec.run_id, **keys)
         rows["embeddings"] = table.num_rows

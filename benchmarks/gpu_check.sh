@@ -4,30 +4,27 @@
 #   WHEELS=wheels/ bash benchmarks/gpu_check.sh      # writes ${OUT:-.}/gpu_check.txt
 #
 # WHEELS: a folder of wheels carried to a machine without a network (anitrack's dependencies plus
-# onnxruntime-gpu and timm); without it the current environment is used as it is. Measures, with the
-# stand-in weights the benchmarks build (hub models cannot be downloaded): YOLOv8m and a CCIP-sized
-# caformer by batch size, TransNetV2 and PyAV on a 720p episode (benchmarks/model_bench.py), then the
-# hub-cpu pipeline on --device cuda (benchmarks/hub_cpu_bench.py), while nvidia-smi samples how busy the GPU is.
+# onnxruntime-gpu and timm); without it the current environment is used as it is. With the stand-in
+# weights the benchmarks build (hub models cannot be downloaded), it measures:
+#  1. YOLOv8m and a CCIP-sized caformer by batch size, TransNetV2 and PyAV on a 720p episode
+#     (benchmarks/model_bench.py);
+#  2. a 22-minute 1280x720 synthetic episode (rendered in 12 pieces at once, joined) through
+#     `--profile full --device cuda` (benchmarks/hub_bench.py): seconds per stage, the ratio to decoding,
+#     mean batch sizes per model, and the GPU's busy fraction sampled by nvidia-smi during the pipeline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}/gpu_check.txt"
 py=python3
 if [ -n "${WHEELS:-}" ]; then
   python3 -m venv .venv-gpu
-  .venv-gpu/bin/pip install -q --no-index --find-links "$WHEELS" -e '.[bench]' onnxruntime-gpu
-  .venv-gpu/bin/pip uninstall -y -q onnxruntime || true  # the CPU build would shadow the CUDA one
+  .venv-gpu/bin/pip install -q --no-index --find-links "$WHEELS" -e '.[bench]'
+  # the CPU build and onnxruntime-gpu share one package folder: remove the one, then (re)install the other
+  .venv-gpu/bin/pip uninstall -y -q onnxruntime
+  .venv-gpu/bin/pip install -q --no-index --find-links "$WHEELS" --force-reinstall --no-deps onnxruntime-gpu
   py=.venv-gpu/bin/python
 fi
-samples=$(mktemp)
-nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 > "$samples" &
-smi=$!
-trap 'kill $smi 2>/dev/null || true' EXIT
 {
   echo "# gpu_check $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  timeout 240 "$py" benchmarks/model_bench.py --device cuda --batches 1 16 32 64 --seconds 20 --repeats 5
-  timeout 240 "$py" benchmarks/hub_cpu_bench.py --device cuda --seconds 120 --variant detect.stride=1
+  timeout 150 "$py" benchmarks/model_bench.py --device cuda --batches 1 16 32 64 --seconds 20 --repeats 3
+  timeout 330 "$py" benchmarks/hub_bench.py --profile full --device cuda --seconds 1320 --render-jobs 12
 } 2>&1 | tee "$out"
-kill $smi 2>/dev/null || true
-awk -F', ' '{n++; busy+=$1; if ($1 > 0) used++; if ($2 > mem) mem=$2}
-  END {if (n) printf "GPU busy: mean %.0f%%, non-idle %.0f%% of %d samples (0.5 s); peak memory %d MiB\n",
-       busy/n, 100*used/n, n, mem}' "$samples" | tee -a "$out"

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from anitrack.config import ConfigError, load_config, resolve_profile
+from anitrack.config import ConfigError, batch_size, load_config, resolve_profile
 from anitrack.detections import FACE, Detections
 from anitrack.sampling import FrameSampler, interpolate, pair_boxes
 from anitrack.tracking import IouTracker
@@ -102,3 +102,21 @@ def test_keyframe_every_must_be_a_power_of_two():
         resolve_profile(load_config(["detect.keyframe_every=3"], environ={}), "offline")
     with pytest.raises(ValueError):
         FrameSampler(None, None, 3, 6, 0.3)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 32])
+def test_the_frames_detected_and_the_boxes_handed_on_do_not_depend_on_the_batch_size(batch):
+    """``detect.batch`` says how, not what: a GPU's batch of 32 gives a CPU's 8's tracklets."""
+    seen, handed, extents = run(every=4, batch=8)
+    seen_b, handed_b, extents_b = run(every=4, batch=batch)
+    assert sorted(seen_b) == sorted(seen) and extents_b == extents
+    assert [(i, d) for i, d, _ in handed_b] == [(i, d) for i, d, _ in handed]
+    assert all(np.array_equal(x, y) for (_, _, x), (_, _, y) in zip(handed, handed_b))
+
+
+def test_batch_zero_means_the_devices_own_batch_size():
+    config = resolve_profile(load_config([], environ={}), "full")
+    assert [batch_size(config, s, "cpu") for s in ("detect", "embed")] == [8, 32]
+    assert [batch_size(config, s, "cuda") for s in ("detect", "embed")] == [32, 64]
+    config = resolve_profile(load_config(["detect.batch=48", "embed.batch=16"], environ={}), "full")
+    assert [batch_size(config, s, "cuda:0") for s in ("detect", "embed")] == [48, 16]
