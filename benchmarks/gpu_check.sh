@@ -25,6 +25,6 @@ if [ -n "${WHEELS:-}" ]; then
 fi
 {
   echo "# gpu_check $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  timeout 150 "$py" benchmarks/model_bench.py --device cuda --batches 1 16 32 64 --seconds 20 --repeats 3
-  timeout 330 "$py" benchmarks/hub_bench.py --profile full --device cuda --seconds 1320 --render-jobs 12
+  timeout 120 "$py" benchmarks/model_bench.py --device cuda --batches 1 16 32 64 --seconds 20 --repeats 3
+  timeout 360 "$py" benchmarks/hub_bench.py --profile full --device cuda --seconds 1320 --render-jobs 12
 } 2>&1 | tee "$out"
