@@ -213,11 +213,10 @@ class CcipAdapter:
         return self._inner.embed(crops) if crops else np.zeros((0, self.dim), np.float32)
 
 
-EMBEDDERS = {  # name -> factory(embed config section, device)
+EMBEDDERS = {  # name -> factory(embed config section, its batch resolved for the device; device)
     "hybrid": lambda emb, device: HybridEmbedder(),
     "descriptor": lambda emb, device: ColorShapeDescriptor(),
-    "ccip": lambda emb, device: CcipAdapter(model=emb["ccip_model"], batch=batch_size({"embed": emb}, "embed", device),
-                                            device=device),
+    "ccip": lambda emb, device: CcipAdapter(model=emb["ccip_model"], batch=emb["batch"], device=device),
 }
 
 
@@ -249,7 +248,7 @@ def make_embedder(config: dict, device: str = "cpu") -> Embedder:
     emb = config["embed"]
     if emb["model"] not in EMBEDDERS:
         raise ValueError(f"unknown embedder {emb['model']!r}; choose from {', '.join(EMBEDDERS)}")
-    return EMBEDDERS[emb["model"]](emb, device)
+    return EMBEDDERS[emb["model"]](dict(emb, batch=batch_size(config, "embed", device)), device)
 
 
 def pool(vectors: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from anitrack.detections import Detections
-from anitrack.tracking import iou_matrix
+from anitrack.tracking import greedy_pairs, iou_matrix
 
 INTERPOLATED = "interpolated"  # the ``detector`` of a box that no detector saw
 
@@ -29,16 +29,7 @@ def pair_boxes(before: Detections, after: Detections, iou: float) -> list[tuple[
     the tracker joins boxes), or None when some box of either has none."""
     if len(before) != len(after):
         return None
-    ious = iou_matrix(before.xyxy, after.xyxy)
-    pairs, used_a, used_b = [], set(), set()
-    for flat in np.argsort(-ious, axis=None):
-        a, b = np.unravel_index(flat, ious.shape)
-        if ious[a, b] < iou:
-            break
-        if a not in used_a and b not in used_b:
-            pairs.append((int(a), int(b)))
-            used_a.add(a)
-            used_b.add(b)
+    pairs = greedy_pairs(iou_matrix(before.xyxy, after.xyxy), iou)
     return sorted(pairs) if len(pairs) == len(before) else None
 
 
@@ -77,7 +68,6 @@ class FrameSampler:
         self.batch: list[_Sampled] = []        # keyframes not yet sent
         self.jobs: deque = deque()             # (entries, wait) in the order sent
         self.last: _Sampled | None = None      # the last detected frame handed on (the head's left anchor)
-        self.interpolated = 0
 
     def offer(self, frame) -> None:
         """Every decoded frame, in order; frames between sampled ones are ignored."""
@@ -139,7 +129,6 @@ class FrameSampler:
                     for m in between:
                         m.dets = interpolate(left.dets, e.dets, pairs, (m.frame.index - a) / (b - a))
                         m.detected = False
-                    self.interpolated += len(between)
                 else:
                     wanted.append(between[(len(between) - 1) // 2])
             left, between = e, []

@@ -389,12 +389,16 @@ class FrameChange:
             self.span.append(float(np.abs(after - before).mean()))
             self.blend.append(float(np.abs(mid - (before + after) / 2).mean()))
 
-    def baseline(self, t: int) -> float:
-        """The ordinary change around frame t: the 95th percentile of its neighbours' changes. Anime drawn
-        on twos or threes changes every second or third frame, so a median would be ~0 and every new
-        drawing would stand out."""
-        around = self.diff[max(1, t - _BASELINE):t] + self.diff[t + 1:t + 1 + _BASELINE]
+    def baseline(self, t: int, ahead: bool = True) -> float:
+        """The ordinary change around frame t: the 95th percentile of its neighbours' changes (those before
+        it only, unless ``ahead``). Anime drawn on twos or threes changes every second or third frame, so a
+        median would be ~0 and every new drawing would stand out."""
+        around = self.diff[max(1, t - _BASELINE):t] + (self.diff[t + 1:t + 1 + _BASELINE] if ahead else [])
         return float(np.quantile(around, 0.95)) if around else 0.0
+
+    def stands_out(self, t: int, ahead: bool = True) -> bool:
+        """Frame t changed far more than its neighbours usually do."""
+        return self.diff[t] >= GATE_MIN and self.diff[t] >= GATE_RATIO * (self.baseline(t, ahead) + 0.5)
 
     def clear_cut(self, t: int) -> bool:
         """A hard cut between two calm shots that needs no TransNetV2 to judge: a large change, calm
@@ -409,19 +413,14 @@ class FrameChange:
     def cut_between(self, a: int, b: int) -> bool:
         """Whether a frame in (a, b] changed far more than the frames just before it: a possible cut,
         judged from the frames decoded so far (the detector's sampler asks before later frames exist)."""
-        for t in range(max(a + 1, 1), min(b + 1, len(self.diff))):
-            before = self.diff[max(1, t - _BASELINE):t]
-            usual = float(np.quantile(before, 0.95)) if before else 0.0
-            if self.diff[t] >= GATE_MIN and self.diff[t] >= GATE_RATIO * (usual + 0.5):
-                return True
-        return False
+        return any(self.stands_out(t, ahead=False) for t in range(max(a + 1, 1), min(b + 1, len(self.diff))))
 
     def candidate(self, t: int) -> bool:
         """Worth running TransNetV2 over: a change that stands out of its neighbours', or the middle of
         a fade or dissolve (not a hard cut nor a camera move seen across 11 frames)."""
         if t <= 0 or t >= len(self.diff):
             return False
-        if self.diff[t] >= GATE_MIN and self.diff[t] >= GATE_RATIO * (self.baseline(t) + 0.5):
+        if self.stands_out(t):
             return True
         if t >= len(self.span) or self.span[t] < GATE_SPAN:
             return False

@@ -42,6 +42,20 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
 
 
+def greedy_pairs(ious: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """(row, column) pairs, highest IoU first, each row and column used once, none below ``threshold``."""
+    pairs, rows, cols = [], set(), set()
+    for flat in np.argsort(-ious, axis=None):
+        r, c = np.unravel_index(flat, ious.shape)
+        if ious[r, c] < threshold:
+            break
+        if r not in rows and c not in cols:
+            pairs.append((int(r), int(c)))
+            rows.add(r)
+            cols.add(c)
+    return pairs
+
+
 class IouTracker:
     """Greedy highest-IoU-first association; a track survives ``max_gap`` unseen frames."""
 
@@ -64,15 +78,8 @@ class IouTracker:
         last = np.array([t.boxes[-1] for t in self.active], dtype=np.float32).reshape(-1, 4)
         ious = iou_matrix(boxes, last)
         assigned: list[Track | None] = [None] * len(boxes)
-        taken = set()
-        if ious.size:
-            order = np.dstack(np.unravel_index(np.argsort(-ious, axis=None), ious.shape))[0]
-            for d, t in order:
-                if ious[d, t] < self.iou:
-                    break
-                if assigned[d] is None and t not in taken:
-                    assigned[d] = self.active[t]
-                    taken.add(int(t))
+        for d, t in greedy_pairs(ious, self.iou):
+            assigned[d] = self.active[t]
         for d in range(len(boxes)):
             track = assigned[d]
             if track is None:

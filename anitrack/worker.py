@@ -147,8 +147,8 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     """Recompute the vectors from the committed crops (their images are stored), decoding no video."""
     import pyarrow as pa
 
-    from anitrack.embed import make_embedder
     from anitrack.config import batch_size
+    from anitrack.embed import make_embedder
     from anitrack.episode import StageClock, embed_rows
     from anitrack.lake import conform
     from schemas.tables import TABLES
