@@ -171,16 +171,14 @@ class EpisodePipeline:
                 return out
             return result
 
-        # where the picture may cut, for the sampler: the stored shots' cuts, or the frame change (TransNetV2's
-        # own; kept here beside PySceneDetect, which has none)
-        change = None if shots else getattr(shot_detector, "change", None)
-        own_change = not shots and change is None
+        # where the picture may cut, for the sampler: always the frame change (TransNetV2's own, else kept here),
+        # never the stored shots, so a resumed or backfilled episode samples the frames a clean run samples
+        change = getattr(shot_detector, "change", None)
+        own_change = change is None
         if own_change:
             change = FrameChange()
-        starts = [r["start_frame"] for r in shots or []]
-        cut_between = change.cut_between if change else lambda a, b: any(a < s <= b for s in starts)
         sampler = FrameSampler(detect, track, stride, cfg["detect"]["keyframe_every"], cfg["track"]["iou"],
-                               batch_size(cfg, "detect", self.device), cut_between)
+                               batch_size(cfg, "detect", self.device), change.cut_between)
 
         t = time.perf_counter()
         for frame in iter_frames(uri):

@@ -97,6 +97,29 @@ def test_keyframes_give_the_tracklets_of_detecting_every_sampled_frame_for_less_
     assert cut_from_interpolated == []
 
 
+def test_episodes_run_on_their_stored_shots_give_the_lakes_detections_tracklets_and_crops(
+        ingested_lake, synth_series):
+    """A resumed or backfilled episode reuses its committed shots instead of re-running the shot detector;
+    the frames it detects, its boxes, tracklets and crops must still be those of a clean run."""
+    from anitrack.config import load_config, resolve_profile
+    from anitrack.episode import EpisodePipeline
+
+    boxes = ["frame", "detector", "x1", "y1", "x2", "y2", "tracklet_id"]
+    pipeline = EpisodePipeline(resolve_profile(load_config(["detect.workers=1"], environ={}), "offline"))
+    try:
+        for episode in ("episode_01", "episode_02", "episode_03"):
+            where = f"WHERE episode = '{episode}'"
+            shots = q(ingested_lake, f"SELECT * FROM shots {where} ORDER BY shot_id")
+            again = pipeline.run(str(synth_series / f"{episode}.mp4"), "mini", episode, shots=shots).tables
+            assert sorted(map(repr, again["detections"].select(boxes).to_pylist())) == \
+                sorted(map(repr, q(ingested_lake, f"SELECT {', '.join(boxes)} FROM detections {where}"))), episode
+            for table, key in (("tracklets", "tracklet_id"), ("crops", "crop_id")):
+                assert sorted(again[table].column(key).to_pylist()) == \
+                    [r[key] for r in q(ingested_lake, f"SELECT {key} FROM {table} {where} ORDER BY 1")], episode
+    finally:
+        pipeline.close()
+
+
 def test_every_character_is_in_some_tracklet(ingested_lake, synth_series, synth_truth):
     """Each kept detection is matched to the truth face box containing its centre."""
     import csv
