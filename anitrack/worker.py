@@ -156,7 +156,7 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     keys = {"series": spec.series, "episode": spec.episode}
     prints = job["fingerprints"]
     started_at = utc_now()
-    embedder = make_embedder(spec.config)
+    embedder = make_embedder(spec.config, spec.device)
     clock = StageClock()
     rows = {t: (lake.read_commit(lake.partition(t, **keys)) or {}).get("rows", 0) for t in STAGE_TABLES}
     if "embeddings" in stale:
