@@ -77,11 +77,9 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
                             "(cosine embedders, when the gallery has enough labelled images)."),
     },
     "name": {
-        "max_false_rate": (0.01, "Share of faces of characters outside the gallery that the calibrated threshold "
-                                 "may name (measured on the gallery itself, every reference held out in turn)."),
-        "support_rate": (0.1, "A cluster's tracklet backs the name X when at most this share of other characters' "
-                              "references score as high for X; a cluster is named when one tracklet passes the "
-                              "calibrated threshold and most back the name."),
+        "max_false_rate": (0.01, "Share of faces of characters outside the gallery that the calibrated thresholds "
+                                 "may name (measured on held-out references, each as if its character were not "
+                                 "in the gallery)."),
         "margin": (0.05, "Lead a tracklet's best character needs over the runner-up to be named."),
         "threshold": (0.0, "0: calibrate from the gallery for name.max_false_rate; a positive value fixes the "
                            "threshold (cosine in the run's space, or 1 - CCIP difference)."),

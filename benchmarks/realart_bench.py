@@ -125,7 +125,7 @@ def evaluate(probes: np.ndarray, gallery_vectors: np.ndarray, labels: np.ndarray
         probe = ~gallery
         seen = probe & (detected if detected is not None else True)
         space, cal = calibration.calibrate_cosine(probes[seen], gallery_vectors[gallery], labels[gallery], rule,
-                                                  name["max_false_rate"], name["margin"], name["support_rate"],
+                                                  name["max_false_rate"], name["margin"],
                                                   config["cluster"]["space_dims"])
         sims = space.name(probes[seen]) @ space.name(gallery_vectors[gallery]).T
         chars, score = calibration.per_character(sims, labels[gallery])

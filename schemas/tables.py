@@ -180,7 +180,7 @@ IDENTITY_RUNS = pa.schema([
     # the naming rule and what it rests on (anitrack.identity.calibration)
     pa.field("space", pa.string()),  # "centred" | "whitened-<k>" | "ccip"
     pa.field("name_threshold", pa.float64()),  # the median of the per-character thresholds
-    pa.field("character_thresholds", pa.string()),  # JSON {"threshold"|"support"|"anchor": {name: t}}
+    pa.field("character_thresholds", pa.string()),  # JSON {"threshold": {name: t}}
     pa.field("name_margin", pa.float64()),
     pa.field("max_false_rate", pa.float64()),
     pa.field("calibration", pa.string()),  # "gallery" | "default" | "published" | "fixed"
@@ -191,6 +191,10 @@ IDENTITY_RUNS = pa.schema([
     pa.field("genuine_pair_low", pa.float64()),  # 10th percentile of genuine pair scores: looser clusters split
     pa.field("published_threshold", pa.float64()),  # CCIP: 1 - the model's own threshold
     pa.field("calibration_warning", pa.string()),
+    # JSON: what each source of evidence gave (held-out references, _noise references, genuine matches and
+    # the floor they set, tracklet pairs on screen together and the thresholds they raised) and what the
+    # false-name rate was measured on
+    pa.field("calibration_evidence", pa.string()),
 ])
 
 # The space an identity run compared vectors in (cosine embedders): incremental runs reuse it.

@@ -13,10 +13,15 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.slow  # runs the pipeline over video
 
 # Floors the offline profile (animeface + hybrid embedder) reaches on the synthetic series below;
-# measured values are printed by `anitrack run` and recorded in the README.
+# measured values are printed by `anitrack run` and recorded in the README. Measured 2026-12-05: B-cubed
+# F1 0.865, naming accuracy 0.71, mean screen-time error 0.26, named wrong 0.005. (Before open-set
+# calibration naming accuracy was 0.98: two characters' second outfits, whose tracklets score below the
+# lowest pair of the gallery's own drawings of them, were named by a looser "support" bar, the one that
+# named 37% of the screen time wrongly on real art; they are unknown clusters now.)
 FLOOR_BCUBED_F1 = 0.85
-FLOOR_NAMING = 0.85
-CEIL_SCREEN_TIME_ERROR = 0.20
+FLOOR_NAMING = 0.65
+CEIL_SCREEN_TIME_ERROR = 0.35
+CEIL_NAMED_WRONG = 0.02
 
 
 def q(lake, sql):
@@ -47,6 +52,7 @@ def test_run_names_the_characters_and_reports_quality(identified, series):
     assert metric(lake, "bcubed_f1") >= FLOOR_BCUBED_F1
     assert metric(lake, "naming_accuracy") >= FLOOR_NAMING
     assert metric(lake, "mean_screen_time_error") <= CEIL_SCREEN_TIME_ERROR
+    assert metric(lake, "named_wrong_share") <= CEIL_NAMED_WRONG  # what is named is right
     for name in ("silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand"):
         assert metric(lake, name) is not None
 

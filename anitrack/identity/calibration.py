@@ -163,10 +163,8 @@ class Verdicts:
     best: np.ndarray      # (N,) label, may be a noise label
     score: np.ndarray     # (N,)
     margin: np.ndarray    # (N,) best - second best (inf with one label)
-    passed: np.ndarray    # (N,) bool: a name on its own evidence (the calibrated threshold)
-    supports: np.ndarray  # (N,) bool: backs its cluster's name for ``best`` (the looser support bar)
+    passed: np.ndarray    # (N,) bool: a name on its own evidence (its character's calibrated threshold)
     stranger: np.ndarray  # (N,) bool: closest to a noise label (the gallery's extras) by the margin
-    anchors: np.ndarray   # (N,) bool: passes the common level, without its character's look-alike lift
 
     def name(self, i: int) -> str | None:
         return str(self.best[i]) if self.passed[i] else None
@@ -179,7 +177,8 @@ class Calibration:
     ``thresholds`` holds one threshold per character: a character that other characters' drawings
     resemble (a look-alike's sister) needs a higher score than one nobody resembles. ``threshold``
     applies to characters without their own (a default, a fixed value) and is reported as the
-    rule's headline (the median of the per-character ones).
+    rule's headline (the median of the per-character ones). ``evidence`` counts what each source
+    gave and says what ``false_rate`` was measured on.
     """
 
     threshold: float
@@ -187,15 +186,14 @@ class Calibration:
     max_false_rate: float
     source: str                 # "gallery" | "default" | "published" | "fixed"
     thresholds: dict[str, float] = field(default_factory=dict)
-    support: dict[str, float] = field(default_factory=dict)  # the looser bar at which members back a name
-    anchor: dict[str, float] = field(default_factory=dict)  # the common level without the look-alike lift
     n_genuine: int = 0
     n_impostor: int = 0
-    genuine_accept: float | None = None   # share of held-out references named right
-    false_rate: float | None = None       # share of open-set impostor trials named
+    genuine_accept: float | None = None   # share of held-out references named right (thresholds of other folds)
+    false_rate: float | None = None       # share of open-set trials named (thresholds of other folds)
     genuine_pair_low: float | None = None  # 10th percentile of same-character pairs (cluster view)
     published_threshold: float | None = None
     warning: str | None = None
+    evidence: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -206,22 +204,22 @@ class Calibration:
         else:
             bar = f"threshold {self.threshold:.2f}"
         if self.source == "gallery":
-            how = (f"calibrated on {self.n_impostor} held-out references for a false-name rate of "
-                   f"{self.max_false_rate:g} (measured {self.false_rate or 0:.3f}; "
-                   f"{100 * (self.genuine_accept or 0):.0f}% of held-out references named right)")
+            ev = self.evidence
+            how = (f"for a false-name rate of {self.max_false_rate:g} from {ev.get('gallery_impostors', 0)} "
+                   f"held-out references of other characters, {ev.get('noise_references', 0)} _noise references "
+                   f"and a floor of {ev.get('genuine_floor') or 0:.2f} from {self.n_genuine} same-character "
+                   f"pairs (held out: {self.false_rate or 0:.3f} of {self.n_impostor} open-set trials named, "
+                   f"{100 * (self.genuine_accept or 0):.0f}% of references named right)")
         else:
             how = {"default": "the embedder's conservative default (gallery too small to calibrate)",
                    "published": "the model's published threshold", "fixed": "fixed by name.threshold"}[self.source]
-        return f"naming: {bar}, {how}, margin {self.margin:g}"
+        raised = self.evidence.get("raised_by_series") or {}
+        series = (f"; raised for {len(raised)} character(s) where two tracklets on screen together both passed"
+                  if raised else "")
+        return f"naming: {bar}, {how}, margin {self.margin:g}{series}"
 
     def threshold_of(self, label: str) -> float:
         return self.thresholds.get(str(label), self.threshold)
-
-    def support_of(self, label: str) -> float:
-        return self.support.get(str(label), self.threshold_of(label))
-
-    def anchor_of(self, label: str) -> float:
-        return self.anchor.get(str(label), self.threshold_of(label))
 
     def judge(self, sims: np.ndarray, ref_labels) -> Verdicts:
         """The calibrated test on a (rows x references) score matrix (higher is closer)."""
@@ -229,20 +227,38 @@ class Calibration:
         n = len(score)
         if len(chars) == 0 or n == 0:
             return Verdicts(np.array([""] * n, object), np.full(n, -np.inf), np.zeros(n), np.zeros(n, bool),
-                            np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
+                            np.zeros(n, bool))
         order = np.argsort(-score, axis=1, kind="stable")
         best = score[np.arange(n), order[:, 0]]
         second = score[np.arange(n), order[:, 1]] if len(chars) > 1 else np.full(n, -np.inf)
         label = chars[order[:, 0]]
         lead = best - second
         bar = np.array([self.threshold_of(c) for c in chars])[order[:, 0]]
-        low = np.array([self.support_of(c) for c in chars])[order[:, 0]]
-        mid = np.array([self.anchor_of(c) for c in chars])[order[:, 0]]
         noise = np.array([is_noise_label(c) for c in label], bool)
         clear = (lead >= self.margin) & ~noise
         return Verdicts(label.astype(object), best.astype(np.float64), lead.astype(np.float64),
-                        (best >= bar) & clear, (best >= low) & clear, noise & (lead >= self.margin),
-                        (best >= mid) & clear)
+                        (best >= bar) & clear, noise & (lead >= self.margin))
+
+    def check_series(self, sims: np.ndarray, ref_labels, pair_i: np.ndarray, pair_j: np.ndarray,
+                     mutual: np.ndarray) -> None:
+        """The series' own open-set evidence: two tracklets on screen together are two characters, so
+        when both would be named X, X's threshold admits someone else; it is raised above the lower of
+        the two. Pairs as alike as the gallery's genuine matches (``mutual``; without them, as the headline
+        threshold) are no evidence: one face tracked twice, or two faces this embedder cannot tell apart,
+        which clustering keeps apart and of which only one keeps a name. Records what the pairs gave."""
+        v = self.judge(sims, ref_labels)
+        alike = self.evidence.get("genuine_median")
+        alike = self.threshold if alike is None else alike
+        both = (v.best[pair_i] == v.best[pair_j]) & v.passed[pair_i] & v.passed[pair_j] & (mutual < alike)
+        raised: dict[str, float] = {}
+        for a, b in zip(pair_i[both], pair_j[both]):
+            c = str(v.best[a])
+            raised[c] = max(raised.get(c, -np.inf), float(min(v.score[a], v.score[b])))
+        for c, low in raised.items():
+            self.thresholds[c] = float(np.nextafter(max(low, self.threshold_of(c)), np.inf))
+        self.evidence["cooccurring_pairs"] = int(len(pair_i))
+        self.evidence["cooccurring_both_named"] = int(both.sum())
+        self.evidence["raised_by_series"] = {c: round(self.thresholds[c], 4) for c in sorted(raised)}
 
 
 def _folds(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -277,7 +293,7 @@ def joined_warnings(*warnings: str | None) -> str | None:
 
 
 def calibrate_cosine(vectors: np.ndarray, refs: np.ndarray, ref_labels, rule: SpaceRule, max_false_rate: float,
-                     margin: float, support_rate: float, dims: int = 100) -> tuple[Space, Calibration]:
+                     margin: float, dims: int = 100) -> tuple[Space, Calibration]:
     """The run's space and naming rule for cosine embedders (see the module docstring)."""
     labels = np.asarray([str(s) for s in ref_labels])
     space = fit_space(vectors, refs, labels, rule, dims)
@@ -290,8 +306,11 @@ def calibrate_cosine(vectors: np.ndarray, refs: np.ndarray, ref_labels, rule: Sp
         fold = fit_space(vectors, refs[train], labels[train], rule, dims)
         return fold.name(refs[test]) @ fold.name(refs[train]).T
 
-    cal = _calibrate(scores, labels, _folds(labels), max_false_rate, margin, support_rate)
+    cal = _calibrate(scores, labels, _folds(labels), max_false_rate, margin)
     cal.genuine_pair_low = genuine_pair_low(space.cluster(refs), labels)
+    high = impostor_pair_high(space.cluster(refs), labels)
+    if cal.genuine_pair_low is not None and high is not None:
+        cal.evidence["join"] = float(max(cal.genuine_pair_low, high))
     cal.warning = joined_warnings(cal.warning, note)
     return space, cal
 
@@ -309,108 +328,123 @@ def genuine_pair_low(refs: np.ndarray, labels: np.ndarray) -> float | None:
     return float(np.quantile(pairs, 0.1)) if pairs else None
 
 
-def calibrate_scores(score_fn, ref_labels, max_false_rate: float, margin: float, support_rate: float,
-                     published: float) -> Calibration:
+def impostor_pair_high(refs: np.ndarray, labels: np.ndarray) -> float | None:
+    """The highest cosine between drawings of two different gallery characters (cluster view)."""
+    real = np.array([not is_noise_label(c) for c in labels], bool)
+    if real.sum() < 2:
+        return None
+    sims = refs[real] @ refs[real].T
+    other = labels[real][:, None] != labels[real][None, :]
+    return float(sims[other].max()) if other.any() else None
+
+
+def calibrate_scores(score_fn, ref_labels, max_false_rate: float, margin: float, published: float) -> Calibration:
     """The naming rule for a fixed metric (CCIP: 1 - difference), from the gallery when it is big enough."""
     labels = np.asarray([str(s) for s in ref_labels])
     problem, note = _gallery_problems(labels) if len(labels) else ("no reference gallery", None)
     if problem:
         return Calibration(published, margin, max_false_rate, "published", published_threshold=published,
                            warning=problem)
-    cal = _calibrate(lambda train, test: score_fn(test, train), labels, _folds(labels), max_false_rate, margin,
-                     support_rate)
+    cal = _calibrate(lambda train, test: score_fn(test, train), labels, _folds(labels), max_false_rate, margin)
     cal.published_threshold = published
     cal.warning = joined_warnings(cal.warning, note)
     return cal
 
 
-LEVELS = (0.5, *np.round(np.linspace(0.8, 1.0, 41), 3), *np.round(np.linspace(1.1, 2.0, 10), 2))
+GENUINE_FLOOR = 0.0   # quantile of genuine reference pairs under which nothing is named (0: the lowest pair)
+TAIL = 0.2            # the share of each character's impostor scores its tail model is fitted to
+PRIOR = 10            # pseudo-scores pulling a character's tail towards the pooled one
+STEP, MAX_LEVEL = 0.25, 12.0  # steps of the tail model's level and of a character's reach (in decay lengths)
 
 
-def _bar(scores: list[float], level: float) -> float:
-    """A threshold at ``level``: a quantile of the scores up to 1, beyond it the maximum plus
-    (level - 1) times the distance from the median to the maximum (few scores cannot show the tail)."""
-    v = np.asarray(scores)
-    if level <= 1:
-        return float(np.nextafter(np.quantile(v, level, method="higher"), np.inf))
-    top = float(v.max())
-    return float(np.nextafter(top + (level - 1) * (top - float(np.median(v))), np.inf))
+@dataclass
+class _Fit:
+    """What held-out evidence from some folds says, all but the tail model's level (see :func:`_fit`)."""
+
+    tail: dict[str, float]     # where each character's impostor tail starts
+    spread: float              # the tail's decay length (the embedder's, pooled)
+    landed: dict[str, float]   # the highest open-set trial that landed on each character
+    reach: dict[str, float]    # how far above it, in decay lengths
+    floor: float | None        # the genuine floor
+
+    def thresholds(self, level: float, lift: dict[str, float] | None = None) -> dict[str, float]:
+        """X's threshold is the highest of: its impostor tail at ``level`` decay lengths above the tail's
+        start; its landed trials' top plus its reach (and its ``lift``, for a look-alike); and the floor."""
+        floor = -np.inf if self.floor is None else self.floor
+        lift = lift or {}
+        guard = {c: top + (self.reach.get(c, 0.0) + lift.get(c, 0.0)) * self.spread for c, top in self.landed.items()}
+        return {c: float(max(t + level * self.spread, guard.get(c, -np.inf), floor)) for c, t in self.tail.items()}
 
 
-def _own_levels(impostor_of, trials, margin, folds) -> dict[str, float]:
-    """Per character, the lowest level at which no trial landing on it passes, judged fold by fold
-    with thresholds learnt on the other folds (a look-alike's sister needs a high one)."""
-    levels = {}
-    for c, scores in impostor_of.items():
-        mine = [t for t in trials if t[1] == c]
-        for level in LEVELS:
-            hits = 0
-            for f in folds:
-                train = [x for g, x in scores if g != f]
-                if train:
-                    bar = _bar(train, level)
-                    hits += sum(1 for g, _, sc, lead in mine if g == f and sc >= bar and lead >= margin)
-            if hits == 0:
-                break
-        levels[c] = level
-    return levels
+def _fit(impostor_of: dict[str, list[tuple[int, float]]], trials: list[tuple[int, str, float, float]],
+         pairs: list[tuple[int, float]], margin: float, folds: set[int]) -> _Fit:
+    """The naming rule's parts from the evidence of ``folds``.
 
-
-def _per_character(impostor_of, trials, margin, rate) -> tuple[dict[str, float], dict, float, int, dict]:
-    """Per-character thresholds: character X's impostor scores at level max(L, own_X), where own_X
-    lifts the characters other characters' drawings land on, and L, common to all, is the lowest
-    at which at most ``rate`` of the open-set trials pass. Returns the thresholds (from every fold),
-    the levels, L, the trials named and every character's threshold at L alone (without its lift).
-
-    ``impostor_of``: character -> [(fold, score)]; ``trials``: [(fold, best other, score, lead)].
-    Every trial is judged by thresholds learnt without its fold, the own levels included (they are
-    chosen on the remaining folds): a threshold fitted to the very trials it is checked on would
-    look safer than it is. The last result, a cluster's anchor bar, uses the lowest level that keeps
-    within the rate the trials of characters that level alone decides (a lifted character's trials
-    are its lift's business): a cluster's name also needs most of its tracklets to back it.
+    * Impostors: an exponential tail above each character's top ``TAIL`` of impostor scores (peaks over
+      a threshold, as extreme-value practice estimates small false-accept rates); the tail starts at
+      the character's own quantile, shrunk towards all characters', and decays with one length for
+      the embedder (the median excess, robust to a look-alike's few high scores).
+    * Look-alikes: the open-set trials that landed on a character (drawings of someone else that would
+      be named X were their own character missing) set a guard just above the highest; its reach is
+      the least that, fold by fold within ``folds``, keeps every landed trial below the guard the
+      other folds set (a few drawings of a sister cannot show her highest score).
+    * The genuine floor: the score all but ``GENUINE_FLOOR`` of the gallery's same-character pairs
+      reach: a name needs at least the similarity a character's own drawings have to each other,
+      whatever the gallery's impostors show.
     """
-    folds = sorted({t[0] for t in trials})
-    allowed = int(np.floor(rate * len(trials)))
-    inner = {f: _own_levels({c: [(g, x) for g, x in v if g != f] for c, v in impostor_of.items()},
-                            [t for t in trials if t[0] != f], margin, [g for g in folds if g != f]) for f in folds}
-    hits = {}  # level -> (every trial named, trials of characters the level alone decides named)
-    for common in LEVELS:
-        named = free = 0
-        for f in folds:
-            for g, c, sc, lead in trials:
-                if g != f or c not in impostor_of:
-                    continue
-                train = [x for h, x in impostor_of[c] if h != f]
-                own = inner[f].get(c, common)
-                if train and lead >= margin and sc >= _bar(train, max(common, own)):
-                    named += 1
-                    free += own <= common
-        hits[common] = (named, free)
-        if named <= allowed:
-            break
-    common = next(lv for lv in LEVELS if lv in hits and hits[lv][0] <= allowed) if any(
-        h[0] <= allowed for h in hits.values()) else LEVELS[-1]
-    anchor_level = next((lv for lv in LEVELS if lv in hits and hits[lv][1] <= allowed), common)
-    own = _own_levels(impostor_of, trials, margin, folds)
-    levels = {c: max(common, own[c]) for c in impostor_of}
-    return ({c: _bar([x for _, x in v], levels[c]) for c, v in impostor_of.items()}, levels, common,
-            hits[common][0], {c: _bar([x for _, x in v], anchor_level) for c, v in impostor_of.items()})
+    scores = {c: [x for g, x in v if g in folds] for c, v in impostor_of.items()}
+    tails = {c: float(np.quantile(v, 1 - TAIL)) for c, v in scores.items() if v}
+    excess = [x - tails[c] for c, v in scores.items() if v for x in v if x > tails[c]]
+    pooled = float(np.median(list(tails.values()))) if tails else 0.0
+    spread = float(np.median(excess)) / np.log(2) if excess else 0.0
+    tail = {c: (len(v) * tails.get(c, pooled) + PRIOR * pooled) / (len(v) + PRIOR) for c, v in scores.items()}
+    landed_by: dict[str, dict[int, float]] = {}
+    for g, c, sc, lead in trials:
+        if g in folds and lead >= margin:
+            landed_by.setdefault(c, {})[g] = max(landed_by.get(c, {}).get(g, -np.inf), sc)
+    reach = {}
+    for c, tops in landed_by.items():
+        r = 0.0
+        while r < MAX_LEVEL and any(top >= max((t for h, t in tops.items() if h != g), default=np.inf) + r * spread
+                                    for g, top in tops.items()):
+            r += STEP
+        reach[c] = r
+    genuine = [x for g, x in pairs if g in folds]
+    return _Fit(tail, spread, {c: float(np.nextafter(max(t.values()), np.inf)) for c, t in landed_by.items()},
+                reach, float(np.quantile(genuine, GENUINE_FLOOR)) if genuine else None)
 
 
-def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: float, margin: float,
-               support_rate: float) -> Calibration:
-    """Per-character thresholds at one common level, the lowest that keeps open-set trials within the rate.
+def look_alikes(trial_of: list[str], trials: list[tuple[int, str, float, float]], margin: float
+                ) -> set[tuple[str, str]]:
+    """(B, A) pairs where most of B's held-out drawings, B left out, would be named A and most of A's, B: a
+    look-alike pair (twins, sisters), as opposed to the scattered trials of characters an embedder merely
+    confuses."""
+    count: dict[tuple[str, str], int] = {}
+    total: dict[str, int] = {}
+    for own, (_, c, _, lead) in zip(trial_of, trials):
+        total[own] = total.get(own, 0) + 1
+        if lead >= margin:
+            count[(own, c)] = count.get((own, c), 0) + 1
+    most = {pair for pair, n in count.items() if n >= max(2, 0.5 * total[pair[0]])}
+    return {(b, a) for b, a in most if (a, b) in most}
+
+
+def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: float, margin: float) -> Calibration:
+    """Per-character thresholds from held-out references (see :func:`_fit`).
 
     Each held-out reference gives, for every other character X, an impostor score for X (how much
-    X resembles a drawing of someone else), and one open-set trial: its best other character, as
-    if its own were not in the gallery. X's threshold is the ``level`` quantile of its impostor
-    scores; the level rises until at most ``max_false_rate`` of the trials would be named (all
-    of them with a small gallery, where the level reaches the maximum).
+    X resembles a drawing of someone else; ``_noise`` references are impostors of everyone), one
+    open-set trial (its best other character, as if its own were not in the gallery) and, unless
+    it is an extra, a genuine match (its best score for its own character). The rates reported are
+    measured fold by fold with thresholds learnt on the other folds: thresholds checked on the very
+    scores they were fitted to would look safer than they are.
     """
     impostor_of: dict[str, list[tuple[int, float]]] = {}
     trials: list[tuple[int, str, float, float]] = []  # (fold, best other character, its score, its lead)
-    genuine: list[tuple[str, float, float]] = []  # (own character, its score, its lead over the rest)
-    pairs: list[float] = []
+    genuine: list[tuple[int, str, float, float]] = []  # (fold, own character, its score, its lead over the rest)
+    pair_scores: list[tuple[int, float]] = []  # (fold, same-character pair score)
+    trial_of: list[str] = []  # each trial's own character
+    n_noise = 0
     for f in range(FOLDS):
         test, train = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
         if len(test) == 0 or len(train) == 0:
@@ -420,9 +454,10 @@ def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: fl
         noise_col = np.array([is_noise_label(c) for c in chars], bool)
         for row, i in enumerate(test):
             own = labels[i]
+            n_noise += is_noise_label(own)
             same = labels[train] == own
             if same.any() and not is_noise_label(own):
-                pairs.extend(sims[row, same].tolist())
+                pair_scores.extend((f, float(x)) for x in sims[row, same])
             others = np.array([c != own for c in chars], bool) & ~noise_col
             for c in chars[others]:
                 impostor_of.setdefault(str(c), []).append((f, float(score[row, chars == c][0])))
@@ -432,28 +467,69 @@ def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: fl
                 rest = np.concatenate([np.delete(s, k), score[row, noise_col]])
                 trials.append((f, str(chars[others][k]), float(s[k]),
                                float(s[k] - rest.max()) if len(rest) else np.inf))
+                trial_of.append(str(own))
             if not is_noise_label(own) and own in chars:
                 k = int(np.flatnonzero(chars == own)[0])
                 rest = np.delete(score[row], k)
-                genuine.append((str(own), float(score[row, k]), float(score[row, k] - rest.max())
-                                if len(rest) else np.inf))
-    # a gallery of n trials cannot certify a rate below 1/n: hold it to the strictest it can show
-    rate = max(max_false_rate, 1.0 / max(len(trials), 1))
-    thresholds, levels, common, named, unlifted = _per_character(impostor_of, trials, margin, rate)
-    # backing a cluster's name: a score at most ``support_rate`` of other characters' drawings reach for X
-    support = {c: float(np.quantile([x for _, x in v], 1 - min(0.5, support_rate))) for c, v in impostor_of.items()}
-    false = named / len(trials) if trials else None
-    accept = (float(np.mean([sc >= thresholds.get(c, np.inf) and lead >= margin for c, sc, lead in genuine]))
-              if genuine else None)
+                genuine.append((f, str(own), float(score[row, k]),
+                                float(score[row, k] - rest.max()) if len(rest) else np.inf))
+
+    every = {t[0] for t in trials} | {g for g, _ in pair_scores}
+    guarding = [t for own, t in zip(trial_of, trials) if not is_noise_label(own)]
+    apart = {f: _fit(impostor_of, guarding, pair_scores, margin, every - {f}) for f in sorted(every)}
+
+    alike = look_alikes(trial_of, trials, margin)
+
+    def held_out(level: float, lift: dict[str, float]) -> tuple[int, int, set[str], bool]:
+        """Open-set trials named, genuine matches accepted, the look-alikes named trials landed on, and
+        whether any named trial is not of a look-alike pair (nor a ``_noise`` extra's, which meets the
+        margin against its own references); each fold judged by the thresholds of the others."""
+        named = accepted = 0
+        sisters: set[str] = set()
+        other = False
+        for f, fit in apart.items():
+            bars = fit.thresholds(level, lift)
+            for own, (g, c, sc, lead) in zip(trial_of, trials):
+                if g == f and lead >= margin and sc >= bars.get(c, np.inf):
+                    named += 1
+                    if (own, c) in alike:
+                        sisters.add(c)
+                    elif not is_noise_label(own):
+                        other = True
+            accepted += sum(1 for g, c, sc, lead in genuine if g == f and lead >= margin and sc >= bars.get(c, np.inf))
+        return named, accepted, sisters, other
+
+    # raised until the held-out trials are named within the rate: where named trials are look-alikes'
+    # (sisters, twins), those characters alone are lifted; otherwise the tail's level, one for every
+    # character (levels fitted per character to these few trials would promise more than they keep); a
+    # gallery too small to show the rate (fewer than 1 / rate trials) extrapolates along the tail beyond it
+    allowed = int(np.floor(max_false_rate * len(trials)))
+    level, lift = 0.0, {}
+    named, accepted, sisters, other = held_out(level, lift)
+    while named > allowed and level < MAX_LEVEL and (sisters or other):
+        if sisters and all(lift.get(c, 0.0) < MAX_LEVEL for c in sisters):
+            for c in sisters:
+                lift[c] = lift.get(c, 0.0) + STEP
+        elif other or sisters:
+            level += STEP
+        named, accepted, sisters, other = held_out(level, lift)
+    shown = max(len(trials), 1) * max_false_rate
+    fit = _fit(impostor_of, guarding, pair_scores, margin, every)
+    used = level + (float(np.log(1 / shown)) if shown < 1 else 0.0)
+    thresholds, floor = fit.thresholds(used, lift), fit.floor
     warning = None
-    if rate > max_false_rate:
-        warning = (f"{len(trials)} held-out references cannot show a false-name rate of {max_false_rate:g}; "
-                   f"calibrated for {rate:.3f} instead: add reference images (at least "
-                   f"{int(np.ceil(1 / max_false_rate))} in all)")
+    if len(trials) < 1 / max_false_rate:
+        warning = (f"{len(trials)} held-out references cannot show a false-name rate of {max_false_rate:g}: "
+                   f"the thresholds extrapolate a model of the impostor scores; add reference images (at least "
+                   f"{int(np.ceil(1 / max_false_rate))} in all) to measure it")
+    genuine_scores = [sc for _, _, sc, _ in genuine]
+    evidence = {"gallery_impostors": len(trials) - n_noise, "noise_references": n_noise,
+                "look_alikes": sorted([a, b] for a, b in alike), "lift": {c: x for c, x in sorted(lift.items())},
+                "level": used, "reach": {c: r for c, r in sorted(fit.reach.items()) if r}, "genuine_matches": len(genuine), "genuine_pairs": len(pair_scores), "genuine_floor": floor,
+                "genuine_median": float(np.median(genuine_scores)) if genuine_scores else None,
+                "false_rate_measured_on": (f"{len(trials)} held-out references (other characters and _noise), "
+                                           "each judged by thresholds learnt without its fold")}
     headline = float(np.median(list(thresholds.values()))) if thresholds else float("inf")
-    return Calibration(headline, margin, max_false_rate, "gallery", thresholds=thresholds,
-                       support={c: min(support[c], t) for c, t in thresholds.items()},
-                       anchor={c: min(unlifted[c], t) for c, t in thresholds.items()}, n_genuine=len(pairs),
-                       n_impostor=len(trials), genuine_accept=accept, false_rate=false,
-                       warning=warning,
-                       extra={"levels": levels, "common_level": common})
+    return Calibration(headline, margin, max_false_rate, "gallery", thresholds=thresholds, n_genuine=len(pair_scores),
+                       n_impostor=len(trials), genuine_accept=accepted / len(genuine) if genuine else None,
+                       false_rate=named / len(trials) if trials else None, warning=warning, evidence=evidence)

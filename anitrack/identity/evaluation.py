@@ -188,3 +188,26 @@ def _refine_by_boxes(out: dict, data, face_boxes: Path) -> None:
     for tid, counter in votes.items():
         if tid in out:
             out[tid] = counter.most_common(1)[0][0]
+
+
+def open_set_figures(ids, truth, gallery, episodes, starts, ends, cluster: dict[str, int],
+                     name: dict[str, str | None]) -> dict:
+    """What a gallery that leaves characters out must get right, per tracklet: the share of the tracklets of
+    characters outside the gallery that got a name (any name is wrong), the share of the gallery characters'
+    tracklets named right and named wrong, B-cubed F1 of the clusters (noise as singletons), and how many
+    pairs of tracklets on screen together share a name (never right) out of how many such pairs there are."""
+    from anitrack.identity.clustering import overlap_pairs
+
+    truth = dict(zip(ids, truth))
+    outside = [t for t in ids if truth[t] not in set(gallery)]
+    inside = [t for t in ids if truth[t] in set(gallery)]
+    codes = {c: i for i, c in enumerate(sorted(set(truth.values())))}
+    i, j = overlap_pairs(np.asarray(episodes), np.asarray(starts), np.asarray(ends))
+    return {"outside_named": float(np.mean([name[t] is not None for t in outside])) if outside else 0.0,
+            "gallery_right": float(np.mean([name[t] == truth[t] for t in inside])) if inside else None,
+            "gallery_wrong": float(np.mean([name[t] not in (None, truth[t]) for t in inside])) if inside else None,
+            "bcubed_f1": truth_metrics(np.array([cluster[t] for t in ids]),
+                                       np.array([codes[truth[t]] for t in ids]))["bcubed_f1"],
+            "overlapping_pairs": int(len(i)),
+            "shared_names": int(sum(1 for a, b in zip(i, j) if name[ids[a]] is not None
+                                    and name[ids[a]] == name[ids[b]]))}

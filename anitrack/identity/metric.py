@@ -43,6 +43,9 @@ class Metric(Protocol):
     def similarities(self, data: dict, refs: np.ndarray) -> np.ndarray:
         """(tracklets, references) similarity, higher is closer, on the scale the calibration used."""
 
+    def pair_similarities(self, data: dict, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Similarity of tracklet pairs (i[k], j[k]), on the scale of ``similarities``."""
+
     def merge(self, labels: np.ndarray, data: dict) -> np.ndarray:
         """Merge pre-clusters the metric says are one character (never across a cannot-link)."""
 
@@ -72,8 +75,7 @@ class CosineMetric:
     def calibrate(self, data, refs, labels, config):
         name = config["name"]
         self.space, cal = calibration.calibrate_cosine(
-            data["vectors"], refs, labels, self.rule, name["max_false_rate"], name["margin"], name["support_rate"],
-            config["cluster"]["space_dims"])
+            data["vectors"], refs, labels, self.rule, name["max_false_rate"], name["margin"], config["cluster"]["space_dims"])
         return cal
 
     def restore(self, lake, series, run_id):
@@ -87,6 +89,9 @@ class CosineMetric:
 
     def similarities(self, data, refs):
         return data["naming"] @ self.space.name(refs).T
+
+    def pair_similarities(self, data, i, j):
+        return np.einsum("ij,ij->i", data["naming"][i], data["naming"][j])
 
     def merge(self, labels, data):
         return labels  # cluster_tracklets already merged by centroid cosine
@@ -116,7 +121,7 @@ class CcipMetric:
         name = config["name"]
         return calibration.calibrate_scores(
             lambda test, train: 1.0 - self.embedder.differences(refs[test], refs[train]), labels,
-            name["max_false_rate"], name["margin"], name["support_rate"], 1.0 - self.embedder.threshold())
+            name["max_false_rate"], name["margin"], 1.0 - self.embedder.threshold())
 
     def restore(self, lake, series, run_id):
         return True  # nothing fitted: the model is the comparison
@@ -126,6 +131,12 @@ class CcipMetric:
 
     def similarities(self, data, refs):
         return 1.0 - self.embedder.differences(data["raw"], refs)
+
+    def pair_similarities(self, data, i, j):
+        step = 256
+        return np.concatenate([np.zeros(0, np.float32)] + [
+            1.0 - np.diag(self.embedder.differences(data["raw"][i[s:s + step]], data["raw"][j[s:s + step]]))
+            for s in range(0, len(i), step)])
 
     def merge(self, labels, data):
         return ccip_merge_clusters(labels, data, self.embedder)

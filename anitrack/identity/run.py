@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from anitrack.config import canonical
 from anitrack.identity import calibration, naming
-from anitrack.identity.clustering import assign_incremental, centroids, cluster_tracklets, params_from, \
-    stable_unknown_labels
+from anitrack.identity.clustering import assign_incremental, centroids, cluster_tracklets, overlap_pairs, \
+    params_from, stable_unknown_labels
 from anitrack.identity.corrections import apply_corrections, latest_by_tracklet, noise_mask
 from anitrack.identity.evaluation import quality_rows
 from anitrack.identity.gallery import FACELESS, embed_gallery, embedder_config, gallery_fingerprint, gallery_images, \
@@ -158,7 +158,7 @@ def _calibration(lake: Lake, series: str, previous: dict | None, metric: Metric,
         per = json.loads(previous["character_thresholds"] or "{}")
         cal = calibration.Calibration(
             previous["name_threshold"], name["margin"], name["max_false_rate"], previous["calibration"],
-            thresholds=per.get("threshold", {}), support=per.get("support", {}), anchor=per.get("anchor", {}),
+            thresholds=per.get("threshold", {}), evidence=json.loads(previous.get("calibration_evidence") or "{}"),
             n_genuine=previous["n_genuine"] or 0, n_impostor=previous["n_impostor"] or 0,
             genuine_accept=previous["genuine_accept"], false_rate=previous["calibrated_false_rate"],
             genuine_pair_low=previous["genuine_pair_low"], published_threshold=previous["published_threshold"],
@@ -173,15 +173,15 @@ def _fixed(cal: calibration.Calibration, name: dict) -> calibration.Calibration:
     if name["threshold"] > 0:
         cal.extra["calibrated_threshold"] = cal.threshold
         cal.threshold, cal.source = float(name["threshold"]), "fixed"
-        cal.thresholds, cal.support, cal.anchor = {}, {}, {}
+        cal.thresholds = {}
     cal.margin = float(name["margin"])
     return cal
 
 
 def _calibration_columns(cal: calibration.Calibration, metric: Metric) -> dict:
     return {"space": metric.kind, "name_threshold": cal.threshold,
-            "character_thresholds": canonical({"threshold": cal.thresholds, "support": cal.support,
-                                               "anchor": cal.anchor}),
+            "character_thresholds": canonical({"threshold": cal.thresholds}),
+            "calibration_evidence": canonical(cal.evidence),
             "name_margin": cal.margin, "max_false_rate": cal.max_false_rate, "calibration": cal.source,
             "n_genuine": cal.n_genuine, "n_impostor": cal.n_impostor, "genuine_accept": cal.genuine_accept,
             "calibrated_false_rate": cal.false_rate, "genuine_pair_low": cal.genuine_pair_low,
@@ -194,10 +194,15 @@ def _ref_matrix(ref_rows: list[dict], data: dict) -> np.ndarray:
 
 
 def _verdicts(data: dict, ref_rows: list[dict], cal: calibration.Calibration, metric: Metric) -> calibration.Verdicts:
-    """Each tracklet judged on its own by the run's calibrated test."""
+    """Each tracklet judged on its own by the run's calibrated test, once the series' own evidence (tracklets
+    on screen together) has raised the thresholds it shows to be too low."""
     refs = _ref_matrix(ref_rows, data)
     sims = metric.similarities(data, refs) if len(refs) else np.zeros((len(data["ids"]), 0), np.float32)
-    return cal.judge(sims, [r["character"] for r in ref_rows])
+    labels = [r["character"] for r in ref_rows]
+    if cal.source != "fixed":
+        i, j = overlap_pairs(data["episodes"], data["starts"], data["ends"])
+        cal.check_series(sims, labels, i, j, metric.pair_similarities(data, i, j))
+    return cal.judge(sims, labels)
 
 
 def _name(lake, series, data, labels, ref_rows, corrections, cal, metric, config):
@@ -213,7 +218,7 @@ def _name(lake, series, data, labels, ref_rows, corrections, cal, metric, config
         data["vectors"], labels, verdicts, cal.threshold_of, data["episodes"], data["starts"], data["ends"], frozen,
         agreement=name["agreement"], rescue=name["rescue"], genuine_low=cal.genuine_pair_low,
         keep_out=noise_mask(ids, corrections),
-        min_cluster_size=config["cluster"]["min_cluster_size"])
+        min_cluster_size=config["cluster"]["min_cluster_size"], join=cal.evidence.get("join"))
     cids, _, best = _best_members(data["vectors"], labels)
     named_by = {}  # a tracklet's latest name label ("" clears it: the tracklet moved to another cluster)
     for (tid, action), (value, _) in latest_by_tracklet(corrections).items():
