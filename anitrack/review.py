@@ -84,7 +84,7 @@ class Review:
         run = self.run_id
         self.run = current_run(self.lake, self.series)
         self.verdict_of = {r["tracklet_id"]: r for r in self.lake.read("clusters", self.series).to_pylist()
-                           if r["run_id"] == run and r["cluster_id"] >= 0}  # each tracklet's own verdict
+                           if r["run_id"] == run}  # each tracklet's own verdict (noise ones too)
         chars = [r for r in self.lake.read("characters", self.series).to_pylist() if r["run_id"] == run]
         self.appearances = [r for r in self.lake.read("appearances", self.series).to_pylist() if r["run_id"] == run]
         spans = defaultdict(list)
@@ -188,7 +188,7 @@ async function send(path, body){
   sessionStorage.setItem('anitrack-status', j.message); location.reload();
 }
 function correct(kind, cluster, extra){return send('/api/correct', Object.assign({kind, cluster}, extra||{}))}
-function picked(){return [...document.querySelectorAll('.pick:checked')].map(x=>x.value)}
+function picked(within){return [...(within||document).querySelectorAll('.pick:checked')].map(x=>x.value)}
 function chosenCrops(){return [...document.querySelectorAll('.crops img.chosen')].map(x=>x.dataset.crop)}
 document.querySelectorAll('.crops img').forEach(i=>i.onclick=()=>i.classList.toggle('chosen'));
 document.querySelectorAll('.pick').forEach(c=>c.onchange=()=>c.closest('.tracklet').classList.toggle('picked',c.checked));
@@ -200,7 +200,8 @@ def _page(title: str, body: str, review: Review, token: str) -> str:
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title>"
             f"<meta name=token content='{_e(token)}'><meta name=run content='{_e(review.run_id)}'>"
             f"<style>{STYLE}</style></head><body><header><b>anitrack review · {_e(review.series)}</b>"
-            f"<a href='/'>Characters</a><a href='/timeline'>Timeline</a><a href='/thresholds'>Thresholds</a>"
+            f"<a href='/'>Characters</a><a href='/noise'>Noise ({len(review.members.get(-1, []))})</a>"
+            f"<a href='/timeline'>Timeline</a><a href='/thresholds'>Thresholds</a>"
             f"<button onclick=\"send('/api/undo',{{}})\" id=undo>Undo last correction</button>"
             f"<span>run {_e(review.run_id)}</span><span id=status></span></header><main>{body}</main>"
             f"<datalist id=names>{names}</datalist><script>{SCRIPT}</script></body></html>")
@@ -237,6 +238,37 @@ def characters_page(review: Review, token: str) -> str:
     return _page("Characters", body, review, token)
 
 
+def _tracklet_block(review: Review, t: str, ticked: bool = False) -> str:
+    row = review.tracklets.get(t, {"start_s": 0.0, "end_s": 0.0})
+    crops = "".join(_img(r["crop_id"], f"title='{r['t_s']:.1f} s'") for r in review.crops_of[t])
+    return (f"<div class='tracklet{' picked' if ticked else ''}' data-tracklet='{_e(t)}'><label><input "
+            f"type=checkbox class=pick value='{_e(t)}'{' checked' if ticked else ''}> {_e(t)} · "
+            f"{row['start_s']:.1f}–{row['end_s']:.1f} s</label><div class=crops>{crops}</div></div>")
+
+
+def noise_page(review: Review, token: str) -> str:
+    """The noise bin: tracklets no cluster took, grouped by the character their own verdict is closest to;
+    a group (its ticked tracklets) goes to a character in one click."""
+    groups = defaultdict(list)
+    for t in review.members.get(-1, []):
+        groups[(review.verdict_of.get(t) or {}).get("best") or ""].append(t)
+    seconds = lambda ts: sum(review.tracklets[t]["end_s"] - review.tracklets[t]["start_s"]  # noqa: E731
+                             for t in ts if t in review.tracklets)
+    blocks = []
+    for n, (closest, tids) in enumerate(sorted(groups.items(), key=lambda g: -seconds(g[1]))):
+        blocks.append(
+            f"<section class=group id=group-{n}><h2>closest to {_e(closest or 'nobody in the gallery')} "
+            f"<small>{len(tids)} tracklets · {seconds(tids):.1f} s</small></h2><div class=actions>"
+            f"<input list=names class=name-input placeholder='character name' value='{_e(closest)}'>"
+            f"<button class=do-name onclick=\"correct('name',-1,{{name:this.previousElementSibling.value,"
+            f"tracklets:picked(this.closest('section'))}})\">Ticked are this character</button></div>"
+            f"{''.join(_tracklet_block(review, t, ticked=True) for t in sorted(tids))}</section>")
+    body = (f"<h1>Noise <small>{len(review.members.get(-1, []))} tracklets no cluster took</small></h1>"
+            f"<p>Untick those that are not the group's character; the ticked ones become a cluster of the "
+            f"name given.</p>{''.join(blocks) or '<p>The noise bin is empty.</p>'}")
+    return _page("Noise", body, review, token)
+
+
 def cluster_page(review: Review, k: int, token: str) -> str:
     c = review.cards[k]
     groups = defaultdict(list)
@@ -246,15 +278,14 @@ def cluster_page(review: Review, k: int, token: str) -> str:
     blocks = []
     for (episode, shot), items in sorted(groups.items()):
         blocks.append(f"<h2>{_e(episode)} · shot {shot}</h2>")
-        for row, t in sorted(items, key=lambda x: x[0]["start_s"]):
-            crops = "".join(_img(r["crop_id"], f"title='{r['t_s']:.1f} s'") for r in review.crops_of[t])
-            blocks.append(f"<div class=tracklet data-tracklet='{_e(t)}'><label><input type=checkbox class=pick "
-                          f"value='{_e(t)}'> {_e(t)} · {row['start_s']:.1f}–{row['end_s']:.1f} s</label>"
-                          f"<div class=crops>{crops}</div></div>")
+        blocks += [_tracklet_block(review, t) for row, t in sorted(items, key=lambda x: x[0]["start_s"])]
     options = "".join(f"<option value={o.cluster_id}>{_e(o.character)} (#{o.cluster_id})</option>"
                       for o in review.order() if o.cluster_id != k)
     body = (f"<h1>{_e(c.character)} <small>#{k} · {c.seconds:.1f} s · {len(c.tracklets)} tracklets</small></h1>"
             f"<p>Tick tracklets, or click crops to choose them.</p><div class=actions>"
+            f"<input list=names id=ticked-name placeholder='character name' size=14><button id=do-name-ticked "
+            f"onclick=\"correct('name',{k},{{tracklets:picked(),name:document.getElementById('ticked-name').value}})\">"
+            f"Ticked are this character</button>"
             f"<button id=do-split onclick=\"correct('split',{k},{{tracklets:picked()}})\">Split ticked off</button>"
             f"<button id=do-noise onclick=\"correct('noise',{k},{{tracklets:picked()}})\">Ticked are noise</button>"
             f"<select id=move-target>{options}</select><button id=do-move onclick=\"correct('move',{k},"
@@ -398,6 +429,10 @@ def make_app(lake: Lake, series: str, writes: Writes, token: str):
         if k not in review.cards:
             return HTMLResponse(f"cluster {k} is not in the current run <a href='/'>back</a>", status_code=404)
         return page(cluster_page(review, k, token))
+
+    @app.get("/noise")
+    def noise():
+        return page(noise_page(review, token))
 
     @app.get("/favicon.ico")
     def favicon():

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -31,10 +34,76 @@ def chromium() -> str:
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_prefect_server(home: Path, timeout: float = 180) -> tuple[subprocess.Popen, dict]:
+    """A real `prefect server start` (SQLite in ``home``) on a free loopback port: (process, its env)."""
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="false", PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
+    log = home / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                                 "127.0.0.1", "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                return proc, env
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_process_group(proc)
+    raise AssertionError(f"prefect server did not answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a child and everything it started (its own process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+_SESSION_SERVER: list = []  # (process, api url) once a CLI call needed it
+
+
+def session_api_url() -> str:
+    """One Prefect server for every CLI call of the test session (a temporary server per call costs
+    seconds each); started on first use, stopped by the ``_session_prefect_server`` fixture."""
+    if not _SESSION_SERVER:
+        home = Path(tempfile.mkdtemp(prefix="anitrack-prefect-"))
+        proc, env = start_prefect_server(home)
+        _SESSION_SERVER.append((proc, env["PREFECT_API_URL"]))
+    return _SESSION_SERVER[0][1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_prefect_server():
+    yield
+    for proc, _ in _SESSION_SERVER:
+        stop_process_group(proc)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900,
             check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``anitrack`` command line in a child process."""
+    """Run the real ``anitrack`` command line in a child process, against the session's Prefect server
+    unless ``env`` names another PREFECT_API_URL ("" for Prefect's temporary server)."""
     full_env = dict(os.environ, **(env or {}))
+    if "PREFECT_API_URL" not in (env or {}):
+        full_env["PREFECT_API_URL"] = session_api_url()
     proc = subprocess.run([*ANITRACK, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -54,7 +55,8 @@ def test_run_names_the_characters_and_reports_quality(identified, series):
     assert metric(lake, "mean_screen_time_error") <= CEIL_SCREEN_TIME_ERROR
     assert metric(lake, "named_wrong_share") <= CEIL_NAMED_WRONG  # what is named is right
     for name in ("silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand"):
-        assert metric(lake, name) is not None
+        assert math.isfinite(metric(lake, name)), name
+    assert -1 <= metric(lake, "silhouette") <= 1 and 0 < metric(lake, "adjusted_rand") <= 1
 
 
 def test_screen_time_view_is_an_interval_union_close_to_truth(identified, series):
@@ -74,13 +76,23 @@ def test_screen_time_view_is_an_interval_union_close_to_truth(identified, series
     main_cast = [c for c in truth["characters"]
                  if sum(e["screen_time_s"].get(c, 0.0) for e in truth["episodes"]) >= 15]
     assert main_cast
-    for character in main_cast:
-        expected = sum(e["screen_time_s"].get(character, 0.0) for e in truth["episodes"])
-        assert abs(got.get(character, 0.0) - expected) / expected <= 0.5, character
+    expected = {c: sum(e["screen_time_s"].get(c, 0.0) for e in truth["episodes"]) for c in truth["characters"]}
+    for character, seconds in got.items():  # a name is never credited with someone else's time
+        if character in expected:
+            assert seconds <= 1.25 * expected[character] + 1.0, (character, seconds, expected[character])
+    for character in main_cast:  # each is on the table; what is not named waits in an unknown cluster
+        assert got.get(character, 0.0) > 0, character
+    credited = sum(got.get(c, 0.0) for c in main_cast)
+    assert credited >= 0.5 * sum(expected[c] for c in main_cast), (got, expected)
 
 
 def test_overlapping_tracklets_never_share_a_cluster(identified):
     lake, _ = identified
+    overlapping = q(lake, """
+        SELECT count(*) AS n FROM tracklets a JOIN tracklets b
+          ON a.series = b.series AND a.episode = b.episode AND a.tracklet_id < b.tracklet_id
+        WHERE a.start_s < b.end_s AND b.start_s < a.end_s""")
+    assert overlapping[0]["n"] > 0  # the check below means something only where faces share the screen
     rows = q(lake, """
         SELECT count(*) AS n FROM clusters a JOIN clusters b
           ON a.series = b.series AND a.episode = b.episode AND a.cluster_id = b.cluster_id

@@ -300,8 +300,9 @@ def test_the_review_order_puts_the_costliest_mistakes_first(cast_identified, cas
     print("review order (cluster, character, priority, moved s):",
           [(c.cluster_id, c.character, round(c.priority, 1), round(m, 1)) for c, m in zip(order, impact)])
     assert sum(impact) > 0, "the series has mistakes to correct"
-    k = 3
+    k = 2  # the first two cards hold most of what the best two would (a confident mistake shows nowhere)
     best = sum(sorted(impact, reverse=True)[:k])
     assert sum(impact[:k]) >= 0.8 * best, (impact, best)
-    by_time = sorted(range(len(order)), key=lambda i: -order[i].seconds)[:k]  # the naive order: screen time
-    assert sum(impact[:k]) >= sum(impact[i] for i in by_time)
+    by_time = sorted(range(len(order)), key=lambda i: -order[i].seconds)  # the naive order: screen time
+    for first in (1, 2, 3):  # every first few cards move at least what the naive order's do
+        assert sum(impact[:first]) >= sum(impact[i] for i in by_time[:first]), first

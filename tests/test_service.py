@@ -3,21 +3,17 @@ identify-series started by the server's trigger, and a new episode ingested alon
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from anitrack.lake import Lake
 from anitrack.sql import connect, run_query
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli, start_prefect_server, stop_process_group
 
 PREFECT = Path(sys.executable).with_name("prefect")
 REPO = Path(__file__).resolve().parents[1]
@@ -26,21 +22,8 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not PREFECT.exists(), reason="the prefect command line is not installed")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a child and everything it started (its own process group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+_free_port = free_port
+_stop = stop_process_group
 
 
 def _wait(what: str, check, timeout: float, procs=(), interval: float = 1.0):
@@ -61,24 +44,11 @@ def _wait(what: str, check, timeout: float, procs=(), interval: float = 1.0):
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    """A real `prefect server start` (SQLite in a temporary PREFECT_HOME) on a free loopback port."""
+    """A server of this module's own (deployments, workers): the session's serves the other CLI calls."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false", PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
-    log = home / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, env = start_prefect_server(home)
     try:
-        def healthy():
-            try:
-                return httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait("the Prefect server", healthy, 180, [(proc, log)])
-        yield env, proc, log
+        yield env, proc, home / "server.log"
     finally:
         _stop(proc)
 

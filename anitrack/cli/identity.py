@@ -40,8 +40,10 @@ def identify(lake: str = typer.Option(..., help="Lake folder or URL."),
 
 @app.command()
 def label(lake: str = typer.Option(...), series: str = typer.Option(...),
-          cluster: Optional[int] = typer.Option(None, help="Cluster id from the characters view."),
-          name: Optional[str] = typer.Option(None, help="Name every tracklet of the cluster."),
+          cluster: Optional[int] = typer.Option(None, help="Cluster id from the characters view (-1: the noise)."),
+          name: Optional[str] = typer.Option(None, help="Name every tracklet of the cluster (or --tracklets)."),
+          tracklets: Optional[str] = typer.Option(None, help="Comma-separated tracklet ids that --name or --noise "
+                                                  "applies to (they leave the cluster; noise ones too)."),
           split: Optional[str] = typer.Option(None, help="Comma-separated tracklet ids to split off."),
           merge: Optional[int] = typer.Option(None, help="Another cluster id to merge with."),
           noise: bool = typer.Option(False, "--noise", help="The cluster is extras: on screen for nobody."),
@@ -57,6 +59,8 @@ def label(lake: str = typer.Option(...), series: str = typer.Option(...),
         raise UsageError("give exactly one of --name, --split, --merge, --noise or --undo")
     if not undo and cluster is None:
         raise UsageError("--cluster is required (ids are in the characters view)")
+    if tracklets is not None and not (name is not None or noise):
+        raise UsageError("--tracklets goes with --name or --noise (--split takes its own list)")
     lk = open_lake(lake, create=False)
     config = command_config([], None, profile)
     rows = None
@@ -64,7 +68,7 @@ def label(lake: str = typer.Option(...), series: str = typer.Option(...),
         kind = next(k for k, v in chosen.items() if v)
         try:
             rows = corrections.correction_rows(lk, series, kind, cluster, name=name, other=merge,
-                                               tracklets=split.split(",") if split else None)
+                                               tracklets=(split or tracklets or "").split(","))
         except corrections.CorrectionError as exc:
             raise Failure(str(exc)) from None
         err(f"recording {len(rows)} corrections; re-identifying {series}")

@@ -351,6 +351,19 @@ def calibrate_scores(score_fn, ref_labels, max_false_rate: float, margin: float,
     return cal
 
 
+CONFIDENCE = 0.75     # how sure the held-out count must make us that the false-name rate is met
+
+
+def rate_bound(named: int, trials: int) -> float:
+    """The false-name rate that ``named`` of ``trials`` cannot rule out at ``CONFIDENCE`` (Poisson upper
+    bound). A hundred trials with one named still allow 2.7%: the thresholds then go on up the tail
+    model until the bound meets the rate (on real art, characters outside the gallery that look like
+    one inside it are named about as often as that bound, not as the bare count, says)."""
+    from scipy.stats import gamma
+
+    return float(gamma.ppf(CONFIDENCE, named + 1)) / max(trials, 1)
+
+
 GENUINE_FLOOR = 0.0   # quantile of genuine reference pairs under which nothing is named (0: the lowest pair)
 TAIL = 0.2            # the share of each character's impostor scores its tail model is fitted to
 PRIOR = 10            # pseudo-scores pulling a character's tail towards the pooled one
@@ -502,7 +515,8 @@ def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: fl
     # raised until the held-out trials are named within the rate: where named trials are look-alikes'
     # (sisters, twins), those characters alone are lifted; otherwise the tail's level, one for every
     # character (levels fitted per character to these few trials would promise more than they keep); a
-    # gallery too small to show the rate (fewer than 1 / rate trials) extrapolates along the tail beyond it
+    # count that cannot show the rate with confidence (always, for fewer than 1 / rate trials) extrapolates
+    # along the tail beyond it
     allowed = int(np.floor(max_false_rate * len(trials)))
     level, lift = 0.0, {}
     named, accepted, sisters, other = held_out(level, lift)
@@ -513,9 +527,8 @@ def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: fl
         elif other or sisters:
             level += STEP
         named, accepted, sisters, other = held_out(level, lift)
-    shown = max(len(trials), 1) * max_false_rate
     fit = _fit(impostor_of, guarding, pair_scores, margin, every)
-    used = level + (float(np.log(1 / shown)) if shown < 1 else 0.0)
+    used = level + max(0.0, float(np.log(rate_bound(named, len(trials)) / max_false_rate)))
     thresholds, floor = fit.thresholds(used, lift), fit.floor
     warning = None
     if len(trials) < 1 / max_false_rate:
@@ -525,7 +538,7 @@ def _calibrate(scores, labels: np.ndarray, folds: np.ndarray, max_false_rate: fl
     genuine_scores = [sc for _, _, sc, _ in genuine]
     evidence = {"gallery_impostors": len(trials) - n_noise, "noise_references": n_noise,
                 "look_alikes": sorted([a, b] for a, b in alike), "lift": {c: x for c, x in sorted(lift.items())},
-                "level": used, "reach": {c: r for c, r in sorted(fit.reach.items()) if r}, "genuine_matches": len(genuine), "genuine_pairs": len(pair_scores), "genuine_floor": floor,
+                "level": used, "rate_bound": rate_bound(named, len(trials)), "reach": {c: r for c, r in sorted(fit.reach.items()) if r}, "genuine_matches": len(genuine), "genuine_pairs": len(pair_scores), "genuine_floor": floor,
                 "genuine_median": float(np.median(genuine_scores)) if genuine_scores else None,
                 "false_rate_measured_on": (f"{len(trials)} held-out references (other characters and _noise), "
                                            "each judged by thresholds learnt without its fold")}

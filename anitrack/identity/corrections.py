@@ -46,11 +46,14 @@ def correction_rows(lake: Lake, series: str, kind: str, cluster: int, *, name: s
                     crops: list[str] | None = None, run_id: str | None = None) -> list[dict]:
     """The ``labels`` rows of one correction; all share one ``created_at`` so undo removes them together.
 
-    name: every tracklet of ``cluster`` gets ``name``; merge: ``cluster`` and ``other`` become one;
+    name: every tracklet of ``cluster`` gets ``name`` (or only ``tracklets``, which leave it as a cluster of
+    their own: one action gives any tracklet, a noise one included, to a character); merge: ``cluster``
+    and ``other`` become one;
     split: ``tracklets`` leave ``cluster`` as a cluster of their own; noise: ``tracklets`` (default:
     all of ``cluster``) are extras, on screen for nobody; move: ``tracklets`` leave ``cluster`` for
     ``other``; reference: ``crops`` of ``cluster`` join the reference gallery as images of ``name``.
-    ``run_id``: the run the user looked at; another current run raises :class:`StaleRun`.
+    ``run_id``: the run the user looked at; another current run raises :class:`StaleRun`. Cluster -1 is
+    the noise: its tracklets can be named, split off or moved, one choice at a time.
     """
     if kind not in KINDS:
         raise CorrectionError(f"unknown correction {kind!r} (one of {', '.join(KINDS)})")
@@ -59,10 +62,12 @@ def correction_rows(lake: Lake, series: str, kind: str, cluster: int, *, name: s
         raise StaleRun(f"the identity of {series} changed (run {run_id} is no longer current, {current} is); "
                        "reload and correct again")
     named = sorted(k for k in members if k >= 0)
+    noise_ok = kind in ("name", "split", "move") and cluster == -1 and -1 in members
     for c in [cluster] + ([other] if kind in ("merge", "move") else []):
-        if c is None or c < 0 or c not in members:
+        if c is None or c not in members or (c < 0 and not (c == cluster and noise_ok)):
             raise CorrectionError(f"cluster {c} does not exist in the current run of {series} "
-                                  f"(clusters: {', '.join(map(str, named))})")
+                                  f"(clusters: {', '.join(map(str, named))}"
+                                  f"{'; -1, the noise, takes name, split or move with tracklets' if -1 in members else ''})")
     if kind in ("merge", "move") and other == cluster:
         raise CorrectionError(f"cluster {cluster} cannot be merged with or moved to itself")
     if kind in ("name", "reference") and not (name or "").strip():
@@ -71,10 +76,13 @@ def correction_rows(lake: Lake, series: str, kind: str, cluster: int, *, name: s
     stray = [t for t in chosen if t not in members[cluster]]
     if stray:
         raise CorrectionError(f"tracklet {stray[0]} is not in cluster {cluster}")
-    if kind in ("split", "move") and not chosen:
-        raise CorrectionError(f"a {kind} needs the tracklets to take out of cluster {cluster}")
+    if (kind in ("split", "move") or cluster == -1) and not chosen:
+        raise CorrectionError(f"a {kind} needs the tracklets to take out of "
+                              f"{'the noise' if cluster == -1 else f'cluster {cluster}'}")
     group = uuid.uuid4().hex[:12]
-    if kind == "name":
+    if kind == "name" and chosen and set(chosen) != set(members[cluster]):  # these only, as a cluster of their own
+        rows = [(t, "split", group, None) for t in chosen] + [(t, "name", name.strip(), None) for t in chosen]
+    elif kind == "name":
         rows = [(t, "name", name.strip(), None) for t in members[cluster]]
     elif kind == "merge":
         rows = [(t, "merge", group, None) for t in members[cluster] + members[other]]
