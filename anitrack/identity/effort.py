@@ -44,13 +44,26 @@ def shares(credit: dict[str, str | None], true_of: dict[str, str], seconds: dict
 
 
 def next_action(cards, noise: list[str], true_of: dict[str, str], seconds: dict[str, float],
-                known: set[str]) -> tuple[str, int, dict] | None:
+                known: set[str], tried: set = frozenset()) -> tuple[str, int, dict] | None:
     """The first click the page order leads to: (kind, cluster, arguments), or None when all is right.
 
     Per card: an unnamed or misnamed cluster is named after the character holding most of its time (or
     marked noise when that is nobody the user knows); then the tracklets of each other character are
     given to theirs, the largest share first. Then the noise bin: its tracklets of one character at a time.
+    An action already clicked (in ``tried``) is not clicked again: where it did not hold, a second would not.
     """
+    for action in _candidates(cards, noise, true_of, seconds, known):
+        if _key(action) not in tried:
+            return action
+    return None
+
+
+def _key(action: tuple[str, int, dict]) -> tuple:
+    kind, cluster, args = action
+    return kind, cluster, args.get("name"), tuple(sorted(args.get("tracklets", ())))
+
+
+def _candidates(cards, noise, true_of, seconds, known):
     for card in cards:
         time_of = defaultdict(float)
         for t in card.tracklets:
@@ -59,24 +72,25 @@ def next_action(cards, noise: list[str], true_of: dict[str, str], seconds: dict[
             continue
         major = max(time_of, key=time_of.get)
         if major not in known and not (card.named and any(c in known for c in time_of)):
-            return "noise", card.cluster_id, {}  # (a named one keeps its known tracklets: the others go)
+            yield "noise", card.cluster_id, {}  # (a named one keeps its known tracklets: the others go)
+            continue
         if major in known and (not card.named or card.character != major):
-            return "name", card.cluster_id, {"name": major}
+            yield "name", card.cluster_id, {"name": major}
+            continue
         strays = {c: s for c, s in time_of.items() if c != (card.character if card.named else major)}
         if strays:
             other = max(strays, key=strays.get)
             chosen = [t for t in card.tracklets if true_of.get(t, "_none") == other]
             if other in known:
-                return "name", card.cluster_id, {"name": other, "tracklets": chosen}
-            return "noise", card.cluster_id, {"tracklets": chosen}
+                yield "name", card.cluster_id, {"name": other, "tracklets": chosen}
+            else:
+                yield "noise", card.cluster_id, {"tracklets": chosen}
     waiting = defaultdict(list)
     for t in noise:
         if true_of.get(t) in known:
             waiting[true_of[t]].append(t)
-    if waiting:
-        character = max(waiting, key=lambda c: sum(seconds.get(t, 0.0) for t in waiting[c]))
-        return "name", -1, {"name": character, "tracklets": waiting[character]}
-    return None
+    for character in sorted(waiting, key=lambda c: -sum(seconds.get(t, 0.0) for t in waiting[c])):
+        yield "name", -1, {"name": character, "tracklets": waiting[character]}
 
 
 def simulate(lake: Lake, series: str, config: dict, true_of: dict[str, str], known: set[str],
@@ -92,11 +106,13 @@ def simulate(lake: Lake, series: str, config: dict, true_of: dict[str, str], kno
     steps = [Step("start", *shares(credited(lake, series), true_of, seconds, known), 0.0)]
     if report:
         report(steps[-1])
+    tried: set = set()
     for _ in range(max_actions):
         review = Review(lake, series)
-        action = next_action(review.order(), review.members.get(-1, []), true_of, seconds, known)
+        action = next_action(review.order(), review.members.get(-1, []), true_of, seconds, known, tried)
         if action is None:
             break
+        tried.add(_key(action))
         kind, cluster, args = action
         rows = corrections.correction_rows(lake, series, kind, cluster, run_id=review.run_id, **args)
         started = time.perf_counter()
