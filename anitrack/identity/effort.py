@@ -71,6 +71,13 @@ def _candidates(cards, noise, true_of, seconds, known):
         if not time_of:
             continue
         major = max(time_of, key=time_of.get)
+        if (not card.named or card.character != major) and len(time_of) > 1 and major in known:
+            # a mixed cluster about to be (re)named: its other characters go first, so no click names them wrong
+            other = min((c for c in time_of if c != major), key=time_of.get)
+            chosen = [t for t in card.tracklets if true_of.get(t, "_none") == other]
+            yield ("name", card.cluster_id, {"name": other, "tracklets": chosen}) if other in known else \
+                ("noise", card.cluster_id, {"tracklets": chosen})
+            continue
         if major not in known and not (card.named and any(c in known for c in time_of)):
             yield "noise", card.cluster_id, {}  # (a named one keeps its known tracklets: the others go)
             continue
