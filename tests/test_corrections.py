@@ -104,3 +104,29 @@ def test_a_moved_tracklet_leaves_the_noise(lake):
     assert apply(noise)[0] == -1
     labels = apply(noise + move)
     assert labels[0] == labels[2] == labels[3] >= 0
+
+
+def test_any_tracklet_noise_included_goes_to_a_character_in_one_correction(tmp_path):
+    lk = Lake(str(tmp_path / "lake"))
+    keys = {"series": "s", "run": "r1"}
+    with_noise = [0, 0, 1, 1, -1, -1]  # the clustering left e2:e and e2:f in the noise
+    lk.commit("clusters", pa.Table.from_pylist([
+        {"series": "s", "run_id": "r1", "episode": t.split(":")[0], "tracklet_id": t, "cluster_id": k,
+         "rescued": False} for t, k in zip(IDS, with_noise)]), run_id="r1", **keys)
+    lk.commit("identity_runs", pa.Table.from_pylist([{"series": "s", "run_id": "r1", "parameters": "{}",
+                                                      "created_at": dt.datetime.now(dt.timezone.utc)}]),
+              run_id="r1", **keys)
+    rows = correction_rows(lk, "s", "name", -1, name="Frieren", tracklets=["e2:e", "e2:f"])
+    assert {(r["tracklet_id"], r["value"]) for r in rows if r["action"] == "name"} == {("e2:e", "Frieren"),
+                                                                                      ("e2:f", "Frieren")}
+    labels = apply(rows, labels=with_noise)
+    assert labels[4] == labels[5] and labels[4] not in (-1, 0, 1)  # out of the noise, as a cluster of their own
+    some = correction_rows(lk, "s", "name", 0, name="Fern", tracklets=["e1:b"])  # part of a cluster: it leaves
+    parted = apply(some, labels=with_noise)
+    assert parted[0] == 0 and parted[1] not in (-1, 0, 1)
+    assert {r["value"] for r in some if r["action"] == "name"} == {"Fern"}
+    with pytest.raises(CorrectionError, match="needs the tracklets to take out of the noise"):
+        correction_rows(lk, "s", "name", -1, name="Frieren")
+    with pytest.raises(CorrectionError, match="cluster -1 does not exist"):
+        correction_rows(lk, "s", "merge", -1, other=0)
+    assert lk.read("labels", "s").num_rows == 0

@@ -80,7 +80,7 @@ def correction_rows(lake: Lake, series: str, kind: str, cluster: int, *, name: s
         raise CorrectionError(f"a {kind} needs the tracklets to take out of "
                               f"{'the noise' if cluster == -1 else f'cluster {cluster}'}")
     group = uuid.uuid4().hex[:12]
-    if kind == "name" and chosen and set(chosen) != set(members[cluster]):  # these only, as a cluster of their own
+    if kind == "name" and chosen and (cluster == -1 or set(chosen) != set(members[cluster])):  # as a cluster of their own
         rows = [(t, "split", group, None) for t in chosen] + [(t, "name", name.strip(), None) for t in chosen]
     elif kind == "name":
         rows = [(t, "name", name.strip(), None) for t in members[cluster]]
