@@ -18,7 +18,6 @@ Series: ``cast`` (the synthetic series the tests use: 4 episodes, 6 characters, 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -47,8 +46,6 @@ def render(kind: str, out: Path) -> tuple[Path, Path]:
 def measure(kind: str, work: Path, max_actions: int) -> dict:
     from anitrack.config import load_config, resolve_profile
     from anitrack.identity import effort
-    from anitrack.identity.evaluation import true_characters
-    from anitrack.identity.inputs import load_inputs
     from anitrack.lake import Lake
 
     folder, references = render(kind, work / kind)
@@ -57,9 +54,7 @@ def measure(kind: str, work: Path, max_actions: int) -> dict:
     subprocess.run([sys.executable, "-m", "anitrack", "run", str(folder), "--lake", str(lake), "--series", series,
                     "--references", str(references)], capture_output=True, text=True, check=True)
     lk = Lake(str(lake), create=False)
-    truth = json.loads((folder / "truth.json").read_text())
-    true_of = true_characters(load_inputs(lk, series), truth, folder / "face_boxes.csv")
-    known = set(truth["characters"])
+    true_of, known = effort.known_truth(lk, series, folder)
     on_screen = {c for c in true_of.values() if c in known}
     config = resolve_profile(load_config(environ={}), "offline")
     print(f"\n== {kind}: {len(on_screen)} characters on screen, {len(true_of)} tracklets ==")

@@ -14,18 +14,23 @@ IDS = ["e1:a", "e1:b", "e1:c", "e2:d", "e2:e", "e2:f"]
 CLUSTERS = [0, 0, 1, 1, 2, 2]
 
 
-@pytest.fixture
-def lake(tmp_path) -> Lake:
-    """A lake holding one identity run of series s: clusters 0, 1, 2 of two tracklets each."""
-    lk = Lake(str(tmp_path / "lake"))
+def run_lake(folder, clusters) -> Lake:
+    """A lake holding one identity run r1 of series s, the tracklets IDS in ``clusters``."""
+    lk = Lake(str(folder / "lake"))
     keys = {"series": "s", "run": "r1"}
     lk.commit("clusters", pa.Table.from_pylist([
         {"series": "s", "run_id": "r1", "episode": t.split(":")[0], "tracklet_id": t, "cluster_id": k,
-         "rescued": False} for t, k in zip(IDS, CLUSTERS)]), run_id="r1", **keys)
+         "rescued": False} for t, k in zip(IDS, clusters)]), run_id="r1", **keys)
     lk.commit("identity_runs", pa.Table.from_pylist([{"series": "s", "run_id": "r1", "parameters": "{}",
                                                       "created_at": dt.datetime.now(dt.timezone.utc)}]),
               run_id="r1", **keys)
     return lk
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    """Clusters 0, 1, 2 of two tracklets each."""
+    return run_lake(tmp_path, CLUSTERS)
 
 
 def apply(rows, labels=CLUSTERS):
@@ -107,15 +112,8 @@ def test_a_moved_tracklet_leaves_the_noise(lake):
 
 
 def test_any_tracklet_noise_included_goes_to_a_character_in_one_correction(tmp_path):
-    lk = Lake(str(tmp_path / "lake"))
-    keys = {"series": "s", "run": "r1"}
     with_noise = [0, 0, 1, 1, -1, -1]  # the clustering left e2:e and e2:f in the noise
-    lk.commit("clusters", pa.Table.from_pylist([
-        {"series": "s", "run_id": "r1", "episode": t.split(":")[0], "tracklet_id": t, "cluster_id": k,
-         "rescued": False} for t, k in zip(IDS, with_noise)]), run_id="r1", **keys)
-    lk.commit("identity_runs", pa.Table.from_pylist([{"series": "s", "run_id": "r1", "parameters": "{}",
-                                                      "created_at": dt.datetime.now(dt.timezone.utc)}]),
-              run_id="r1", **keys)
+    lk = run_lake(tmp_path, with_noise)
     rows = correction_rows(lk, "s", "name", -1, name="Frieren", tracklets=["e2:e", "e2:f"])
     assert {(r["tracklet_id"], r["value"]) for r in rows if r["action"] == "name"} == {("e2:e", "Frieren"),
                                                                                       ("e2:f", "Frieren")}

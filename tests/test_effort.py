@@ -2,7 +2,6 @@
 own calls (``anitrack.identity.effort``), gets the synthetic series' table right in few actions."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -20,15 +19,11 @@ MAX_ACTIONS_PER_CHARACTER_TO_90 = 1.5
 def test_a_user_gets_the_cast_table_right_in_few_actions(cast_identified, cast_series, tmp_path):
     from anitrack.config import load_config, resolve_profile
     from anitrack.identity import effort
-    from anitrack.identity.evaluation import true_characters
-    from anitrack.identity.inputs import load_inputs
 
     lake = tmp_path / "lake"
     shutil.copytree(cast_identified[0], lake)
     lk = Lake(str(lake), create=False)
-    truth = json.loads((cast_series / "truth.json").read_text())
-    true_of = true_characters(load_inputs(lk, "cast"), truth, cast_series / "face_boxes.csv")
-    known = set(truth["characters"])
+    true_of, known = effort.known_truth(lk, "cast", cast_series)
     on_screen = {c for c in true_of.values() if c in known}
     config = resolve_profile(load_config(environ={}), "offline")
     steps = effort.simulate(lk, "cast", config, true_of, known, max_actions=30)

@@ -7,8 +7,11 @@ time (the tracklets the pipeline found): what the user can fix, not what the det
 """
 from __future__ import annotations
 
+import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from anitrack.identity import corrections
 from anitrack.identity.inputs import current_run
@@ -41,6 +44,15 @@ def shares(credit: dict[str, str | None], true_of: dict[str, str], seconds: dict
     named = sum(s for t, s in seconds.items() if credit.get(t))
     wrong = sum(s for t, s in seconds.items() if credit.get(t) and credit[t] != true_of.get(t))
     return right / total if total else 1.0, wrong / named if named else 0.0
+
+
+def known_truth(lake: Lake, series: str, folder: Path) -> tuple[dict[str, str], set[str]]:
+    """(each tracklet's true character, the characters a user knows) from a rendered series' truth."""
+    from anitrack.identity.evaluation import true_characters
+    from anitrack.identity.inputs import load_inputs
+
+    truth = json.loads((Path(folder) / "truth.json").read_text())
+    return true_characters(load_inputs(lake, series), truth, Path(folder) / "face_boxes.csv"), set(truth["characters"])
 
 
 def next_action(cards, noise: list[str], true_of: dict[str, str], seconds: dict[str, float],
@@ -104,8 +116,6 @@ def simulate(lake: Lake, series: str, config: dict, true_of: dict[str, str], kno
              max_actions: int = 60, report=None) -> list[Step]:
     """Correct the current identity run of ``series`` until nothing is left to fix (or ``max_actions``);
     returns the figures before the first action and after each one. ``report(step)`` sees each as it comes."""
-    import time
-
     from anitrack.identity.run import identify
     from anitrack.review import Review
 
