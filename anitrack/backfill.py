@@ -22,10 +22,8 @@ from anitrack.config import defaults, parse_sets, resolve_profile, set_value
 from anitrack.ingest import fingerprints, model_ids, stale_tables
 from anitrack.worker import EpisodeSpec
 from anitrack.lake import Lake, new_run_id
+from anitrack.identity.inputs import IDENTITY_SECTIONS, current_run, identity_config, latest_run_row
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
-
-IDENTITY_SECTIONS = ("cluster", "name")
-
 
 class BackfillError(ValueError):
     """Backfill input that matches nothing or cannot be planned; one line, exit code 2."""
@@ -90,36 +88,15 @@ class Plan:
 
 
 # -- what the series was last run with -------------------------------------------------
-def _latest(rows: list[dict]) -> dict | None:
-    return max(rows, key=lambda r: (r["finished_at"], r["run_id"] or "")) if rows else None
-
-
 def episode_config(lake: Lake, series: str, episode: str, runs: list[dict]) -> dict:
     """The parameters an episode's committed stage partitions were made with (stage_runs rows that match)."""
     config = defaults()
     for stage in STAGES:
         fp = lake.fingerprint(stage.table, series=series, episode=episode)
-        row = _latest([r for r in runs if r["episode"] == episode and r["stage"] == stage.table
+        row = latest_run_row([r for r in runs if r["episode"] == episode and r["stage"] == stage.table
                        and r["fingerprint"] == fp])
         if row is not None:
             config[stage.section].update(json.loads(row["parameters"]))
-    return config
-
-
-def identity_config(lake: Lake, series: str, run_id: str | None = None, runs: list[dict] | None = None) -> dict:
-    """Cluster and name parameters of an identity run (default: the current one)."""
-    from anitrack.identity.inputs import current_run
-
-    config = defaults()
-    chosen = current_run(lake, series) if run_id is None else next(
-        (r for r in lake.read("identity_runs", series).to_pylist() if r["run_id"] == run_id), None)
-    if chosen is None:
-        return config
-    config["cluster"].update(json.loads(chosen["parameters"] or "{}").get("cluster", {}))
-    runs = lake.read("stage_runs", series).to_pylist() if runs is None else runs
-    row = _latest([r for r in runs if r["stage"] == "identity" and r["run_id"] == chosen["run_id"]])
-    if row is not None:  # every identity run records its cluster and name parameters
-        config["name"].update(json.loads(row["parameters"]).get("name", {}))
     return config
 
 
@@ -230,7 +207,6 @@ def changed_parameters(config: dict) -> dict[str, object]:
 def runs_table(lake: Lake, series: str) -> pa.Table:
     """The series' identity runs, oldest first: parameters that differ from the defaults, characters, screen
     seconds (overlaps counted once) and run seconds; ``current`` marks the one the views show."""
-    from anitrack.identity.inputs import current_run
     from anitrack.intervals import union_length
 
     current = current_run(lake, series)
@@ -254,4 +230,4 @@ def runs_table(lake: Lake, series: str) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-__all__ = ["BackfillError", "Plan", "changed_parameters", "episode_specs", "identity_config", "plan", "runs_table"]
+__all__ = ["BackfillError", "Plan", "changed_parameters", "episode_specs", "plan", "runs_table"]

@@ -27,7 +27,7 @@ from anitrack.sampling import INTERPOLATED, FrameSampler
 from anitrack.shots import FrameChange, cuts_to_shots, make_shot_detector, run_model_id, tiny_frame
 from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
-from schemas.tables import TABLES
+from anitrack.schemas.tables import TABLES
 
 TRIM_EVERY = 500  # frames
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from anitrack.errors import first_line
 
-from schemas.tables import PARTITIONS, SCHEMA_VERSION, TABLES, with_version
+from anitrack.schemas.tables import PARTITIONS, SCHEMA_VERSION, TABLES, with_version
 
 COMMIT = "_COMMIT.json"
 STAGING = "_staging"

@@ -13,7 +13,7 @@ import duckdb
 
 from anitrack.errors import first_line
 from anitrack.lake import Lake
-from schemas.tables import IDENTITY_TABLES, PARTITIONS, TABLES, with_version
+from anitrack.schemas.tables import IDENTITY_TABLES, PARTITIONS, TABLES, with_version
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 

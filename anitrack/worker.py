@@ -151,7 +151,7 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     from anitrack.embed import make_embedder
     from anitrack.episode import StageClock, embed_rows
     from anitrack.lake import conform
-    from schemas.tables import TABLES
+    from anitrack.schemas.tables import TABLES
 
     keys = {"series": spec.series, "episode": spec.episode}
     prints = job["fingerprints"]

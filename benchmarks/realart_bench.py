@@ -24,7 +24,6 @@ Two views of each drawing:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -36,14 +35,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from anitrack.identity.evaluation import embed_views, gallery_naming_figures, load_labelled_art  # noqa: E402
+
 REALART = Path(__file__).resolve().parents[2] / "shared" / "data" / "realart"
-
-
-def load(root: Path = REALART, every: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
-    """RGB images and their character labels, in manifest order (every n-th image)."""
-    files = json.loads((root / "manifest.json").read_text())["files"][::every]
-    images = [cv2.cvtColor(cv2.imread(str(root / f["path"])), cv2.COLOR_BGR2RGB) for f in files]
-    return images, np.array([f["character"] for f in files])
 
 
 def frame_views(images: list[np.ndarray], config: dict, seed: int = 0):
@@ -90,61 +84,6 @@ def frame_views(images: list[np.ndarray], config: dict, seed: int = 0):
     return shots, refs
 
 
-def embed(embedder, views: list[tuple[np.ndarray, np.ndarray | None]], batch: int = 32) -> np.ndarray:
-    out = [embedder.embed([v[0] for v in views[i:i + batch]], [v[1] for v in views[i:i + batch]])
-           for i in range(0, len(views), batch)]
-    return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
-
-
-def draw_gallery(labels: np.ndarray, seed: int, refs: int, leave_out: float,
-                 eligible: np.ndarray | None = None) -> tuple[np.ndarray, set[str]]:
-    """A gallery of ``refs`` images per character, ``leave_out`` of the characters left out; drawn from
-    ``eligible`` images (those a reference cut finds a face in, as ``gallery.embed_gallery`` keeps)."""
-    rng = np.random.default_rng(seed)
-    names = sorted(set(labels))
-    out = set(rng.choice(names, int(round(len(names) * leave_out)), replace=False).tolist())
-    gallery = np.zeros(len(labels), bool)
-    for name in names:
-        if name not in out:
-            mine = np.flatnonzero(labels == name)
-            usable = mine[eligible[mine]] if eligible is not None and eligible[mine].any() else mine
-            gallery[rng.choice(usable, min(refs, len(usable)), replace=False)] = True
-    return gallery, out
-
-
-def evaluate(probes: np.ndarray, gallery_vectors: np.ndarray, labels: np.ndarray, rule, config: dict,
-             seeds=range(4), refs: int = 6, leave_out: float = 0.25, detected: np.ndarray | None = None,
-             eligible: np.ndarray | None = None) -> dict:
-    """Mean over gallery draws of the figures the module docstring lists."""
-    from anitrack.identity import calibration
-
-    name = config["name"]
-    rows = []
-    for seed in seeds:
-        gallery, out = draw_gallery(labels, seed, refs, leave_out, eligible)
-        probe = ~gallery
-        seen = probe & (detected if detected is not None else True)
-        space, cal = calibration.calibrate_cosine(probes[seen], gallery_vectors[gallery], labels[gallery], rule,
-                                                  name["max_false_rate"], name["margin"],
-                                                  config["cluster"]["space_dims"])
-        sims = space.name(probes[seen]) @ space.name(gallery_vectors[gallery]).T
-        chars, score = calibration.per_character(sims, labels[gallery])
-        verdicts = cal.judge(sims, labels[gallery])
-        truth = labels[seen]
-        known = ~np.isin(truth, list(out))
-        nearest = chars[np.argmax(score, axis=1)]
-        right = verdicts.passed & (verdicts.best == truth)
-        wrong = verdicts.passed & (verdicts.best != truth)
-        in_gallery = int((probe & ~np.isin(labels, list(out))).sum())
-        rows.append({"nearest": float(np.mean(nearest[known] == truth[known])),
-                     "named_right": float(right.sum() / max(in_gallery, 1)),
-                     "named_wrong": float(wrong.sum() / max(int(probe.sum()), 1)),
-                     "wrong_of_named": float(wrong.sum() / max(int(verdicts.passed.sum()), 1)),
-                     "threshold": cal.threshold, "genuine_accept": cal.genuine_accept or 0.0,
-                     "detected": float(seen.sum() / max(int(probe.sum()), 1))})
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 def main() -> None:
     from anitrack.identity import calibration
     from anitrack.config import load_config, resolve_profile
@@ -159,7 +98,7 @@ def main() -> None:
     if not (args.root / "manifest.json").is_file():
         sys.exit(f"realart_bench: {args.root} has no manifest.json (expected ../shared/data/realart)")
     config = resolve_profile(load_config(environ={}), "offline")
-    images, labels = load(args.root)
+    images, labels = load_labelled_art(args.root)
     print(f"# {len(images)} drawings of {len(set(labels))} characters; {args.refs} references per gallery "
           f"character, a quarter of the characters left out; mean of {args.seeds} galleries; "
           f"max_false_rate {config['name']['max_false_rate']}; {platform.processor() or platform.machine()}, "
@@ -180,11 +119,11 @@ def main() -> None:
     for view, (probe_views, ref_views, detected, with_face) in views.items():
         for name, embedder in embedders.items():
             t = time.perf_counter()
-            probes = embed(embedder, probe_views)
-            gallery = probes if ref_views is probe_views else embed(embedder, ref_views)
+            probes = embed_views(embedder, probe_views)
+            gallery = probes if ref_views is probe_views else embed_views(embedder, ref_views)
             per_image = (time.perf_counter() - t) / (len(probe_views) + (0 if ref_views is probe_views else
                                                                          len(ref_views)))
-            r = evaluate(probes, gallery, labels, calibration.SPACE_RULES[name], config, range(args.seeds),
+            r = gallery_naming_figures(probes, gallery, labels, calibration.SPACE_RULES[name], config, range(args.seeds),
                          args.refs, detected=detected, eligible=with_face)
             print(f"{view:7s} {name:11s} {r['nearest']:8.3f} {r['named_right']:7.3f} {r['named_wrong']:7.3f} "
                   f"{r['wrong_of_named']:11.3f} {r['threshold']:9.3f} {r['genuine_accept']:10.3f} "

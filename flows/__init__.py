@@ -2,8 +2,6 @@
 import os
 import socket
 
-import tasks  # noqa: F401  (sets Prefect's environment defaults before any flow runs)
-
 
 def artifact_key(kind: str, series: str) -> str:
     """Prefect artifact keys allow only lowercase letters, digits and dashes."""
@@ -32,4 +30,12 @@ def _claim_local_api_port() -> None:
             server.port = probe.getsockname()[1]
 
 
-_claim_local_api_port()
+def configure_prefect() -> None:
+    """Prefect settings anitrack's commands run with; the entry points call it before any flow is imported,
+    so that importing a module changes nothing (a library user keeps their own Prefect settings)."""
+    # Air-gapped machines: Prefect's server would otherwise try to phone home at start.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server (no PREFECT_API_URL) gets 20 s to start by default; on a busy 2-core machine it
+    # can take longer (Prefect issues #15075, #20248), and the command then fails before any work.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    _claim_local_api_port()

@@ -12,9 +12,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from anitrack import backfill
 from anitrack.lake import Lake
-from flows import artifact_key
-from flows.executor import episode_workers, map_episodes, series_lock
-from tasks.identify import identify_task
+from anitrack.flows import artifact_key
+from anitrack.flows.executor import episode_workers, map_episodes, series_lock
+from anitrack.tasks.identify import identify_task
 
 
 @flow(name="backfill", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))

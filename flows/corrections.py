@@ -6,8 +6,8 @@ from prefect import flow
 
 from anitrack.identity import corrections
 from anitrack.lake import Lake
-from flows.executor import series_lock
-from tasks.identify import identify_task
+from anitrack.flows.executor import series_lock
+from anitrack.tasks.identify import identify_task
 
 
 @flow(name="correct-series", log_prints=True)
@@ -26,10 +26,10 @@ def correct_series(lake: str, series: str, config: dict, rows: list[dict] | None
 
 
 def review_writes(lake: str, series: str, config: dict):
-    """The review page's writes, each a flow run through the executor (``anitrack.review.Writes``)."""
-    from anitrack.review import Writes
-    from flows.backfill import backfill_series
-    from flows.executor import execute
+    """The review page's writes, each a flow run through the executor (``anitrack.identity.review.Writes``)."""
+    from anitrack.identity.review import Writes
+    from anitrack.flows.backfill import backfill_series
+    from anitrack.flows.executor import execute
 
     return Writes(
         correct=lambda rows: execute(correct_series, lake, series, "review", config=config, rows=rows),

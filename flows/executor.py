@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from anitrack.worker import EpisodeSpec
 from anitrack.lake import Lake, LakeError
-from tasks.ingest import ingest_episode_task
+from anitrack.tasks.ingest import ingest_episode_task
 
 DASK_CONNECT_TIMEOUT_S = 10
 RUNNERS = ("thread", "dask")

@@ -5,9 +5,9 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from anitrack.config import load_config, resolve_profile
-from flows import artifact_key
-from flows.executor import series_lock
-from tasks.identify import identify_task
+from anitrack.flows import artifact_key
+from anitrack.flows.executor import series_lock
+from anitrack.tasks.identify import identify_task
 
 
 def _artifact(series: str, summary: dict) -> None:

@@ -12,10 +12,10 @@ from anitrack.config import load_config, resolve_profile
 from anitrack.ingest import episode_name
 from anitrack.worker import EpisodeSpec
 from anitrack.lake import Lake, new_run_id
-from flows import artifact_key
-from flows.executor import episode_workers, map_episodes, series_lock
-from tasks.identify import identify_task
-from tasks.ingest import discover_episodes
+from anitrack.flows import artifact_key
+from anitrack.flows.executor import episode_workers, map_episodes, series_lock
+from anitrack.tasks.identify import identify_task
+from anitrack.tasks.ingest import discover_episodes
 
 
 def ingest_episodes(source: str, lake: str, series: str, config: dict, profile: str, parallel: int, device: str,

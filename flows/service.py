@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prefect.events import DeploymentEventTrigger
 
-from flows.backfill import backfill_series
-from flows.identify import identify_series
-from flows.ingest import ingest_series
+from anitrack.flows.backfill import backfill_series
+from anitrack.flows.identify import identify_series
+from anitrack.flows.ingest import ingest_series
 
 INGEST, IDENTIFY, BACKFILL = "ingest-series", "identify-series", "backfill"
 FROM_INGEST = ("lake", "series", "profile", "sets")

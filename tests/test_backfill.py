@@ -219,7 +219,7 @@ def test_two_backfills_at_once_one_refuses_and_the_lake_stays_consistent(lake):
 def test_backfill_flow_keeps_naming_parameters_for_the_next_backfill(lake, prefect_harness):
     """The Prefect flow (the deployments' entrypoint) runs the same backfill and records what it named with."""
     from anitrack.backfill import plan, runs_table
-    from flows.backfill import backfill_series
+    from anitrack.flows.backfill import backfill_series
 
     dry = backfill_series(str(lake), "mini", ["name.threshold=0.7"], dry_run=True)
     assert dry["run_id"] is None and dry["plan"][-1]["stage"] == "identity (incremental)"
@@ -294,7 +294,7 @@ def test_a_flow_given_the_commands_lock_checks_it_instead_of_taking_it_again(tmp
     """``execute`` takes the lock before Prefect starts and hands its token to the flow: the flow accepts only
     the lock that is really held, and without a token (a deployment run) takes the lock itself."""
     from anitrack.lake import LakeBusy, LakeError
-    from flows.executor import series_lock
+    from anitrack.flows.executor import series_lock
 
     root = str(tmp_path / "lake")
     lake = Lake(root)

@@ -15,7 +15,7 @@ import pytest
 
 from anitrack.lake import Lake, LakeError
 from anitrack.stages import STAGE_TABLES
-from schemas.tables import TABLES
+from anitrack.schemas.tables import TABLES
 from tests.conftest import ANITRACK, run_cli
 
 pytestmark = pytest.mark.slow  # runs the pipeline over video

@@ -291,8 +291,8 @@ def test_fsspec_memory_source(tmp_path, synth_series, prefect_harness):
     import fsspec
 
     from anitrack.config import load_config
-    from flows.executor import execute
-    from flows.ingest import ingest_series
+    from anitrack.flows.executor import execute
+    from anitrack.flows.ingest import ingest_series
 
     fs = fsspec.filesystem("memory")
     good = sorted(synth_series.glob("*.mp4"))[0]

@@ -10,25 +10,32 @@ from pathlib import Path
 import networkx as nx
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("anitrack", "flows", "tasks", "deployments", "schemas")
-APPLICATION = ("anitrack.cli", "anitrack.__main__")  # and the command modules under anitrack.cli
-ORCHESTRATION = ("flows", "tasks", "deployments", "prefect", "prefect_dask", "dask", "distributed")
-PRESENTATION = ("typer", "click", "rich")
+# the source folders and the package each installs as (pyproject's package-dir)
+PACKAGES = {"anitrack": "anitrack", "flows": "anitrack.flows", "tasks": "anitrack.tasks",
+            "schemas": "anitrack.schemas"}
+APPLICATION = ("anitrack.cli", "anitrack.__main__", "anitrack.web")  # and the modules under them
+ORCHESTRATOR = ("anitrack.flows", "anitrack.tasks")
+THIRD_PARTY_ORCHESTRATION = ("prefect", "prefect_dask", "dask", "distributed")
+PRESENTATION = ("typer", "click", "rich", "fastapi", "starlette", "uvicorn", "jinja2")
+
+
+def within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def layer(module: str) -> str:
-    if module in APPLICATION or module.startswith("anitrack.cli."):
+    if within(module, APPLICATION):
         return "application"
-    if module.split(".")[0] in ("flows", "tasks", "deployments"):
+    if within(module, ORCHESTRATOR):
         return "orchestrator"
     return "library"
 
 
 def modules() -> dict[str, Path]:
     found = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts.pop()
             found[".".join(parts)] = path
@@ -67,7 +74,8 @@ def test_no_layer_imports_a_higher_one():
     for module, path in modules().items():
         for name in imports(path, module):
             top = name.split(".")[0]
-            if layer(module) == "library" and (top in ORCHESTRATION or top in PRESENTATION or layer(name) == "application"):
+            orchestration = top in THIRD_PARTY_ORCHESTRATION or layer(name) == "orchestrator"
+            if layer(module) == "library" and (orchestration or top in PRESENTATION or layer(name) == "application"):
                 wrong.append(f"{module} imports {name}")
             if layer(module) == "orchestrator" and (top in PRESENTATION or layer(name) == "application"):
                 wrong.append(f"{module} imports {name}")
@@ -79,11 +87,54 @@ def test_project_modules_form_no_import_cycle():
     assert not cycles, "\n".join(" -> ".join(c + c[:1]) for c in cycles[:10])
 
 
+def package_of(module: str) -> str:
+    """The unit a package-level cycle is counted between: anitrack's top-level modules and subpackages."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def test_packages_form_no_import_cycle():
+    """Modules may avoid a cycle by importing inside functions; packages may not reach into each other both
+    ways either (one package's modules importing another's, and back)."""
+    known = modules()
+    g = nx.DiGraph()
+    for module, path in known.items():
+        for name in imports(path, module):
+            if name in known and package_of(name) != package_of(module):
+                g.add_edge(package_of(module), package_of(name))
+    cycles = list(nx.simple_cycles(g))
+    assert not cycles, "\n".join(" -> ".join(c + c[:1]) for c in cycles[:10])
+
+
+def test_the_wheel_installs_nothing_but_anitrack(tmp_path):
+    """`pip install anitrack` puts only anitrack into site-packages: flows/, tasks/ and schemas/ go under it,
+    with the review app's static files."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    names = zipfile.ZipFile(next(tmp_path.glob("anitrack-*.whl"))).namelist()
+    assert {n.split("/")[0] for n in names} == {"anitrack", next(n.split("/")[0] for n in names if ".dist-info" in n)}
+    for module in ("anitrack/flows/ingest.py", "anitrack/tasks/ingest.py", "anitrack/schemas/tables.py",
+                   "anitrack/web/static/review.js"):
+        assert module in names, module
+
+
+def test_importing_the_flows_changes_no_prefect_setting():
+    probe = ("import os; before = {k: v for k, v in os.environ.items() if k.startswith('PREFECT_')}; "
+             "import anitrack.flows.ingest, anitrack.flows.service, anitrack.tasks.ingest, anitrack.cli; "
+             "after = {k: v for k, v in os.environ.items() if k.startswith('PREFECT_')}; print(before == after)")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PREFECT_")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
 def test_the_episode_pipeline_loads_no_orchestrator_or_terminal_library():
     """The per-episode child process (``python -m anitrack.worker``) imports only the library."""
     probe = ("import sys, anitrack.worker, anitrack.episode; "
              "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))")
-    loaded = subprocess.run([sys.executable, "-c", probe, *ORCHESTRATION, *PRESENTATION], cwd=ROOT,
+    loaded = subprocess.run([sys.executable, "-c", probe, *THIRD_PARTY_ORCHESTRATION, *PRESENTATION],
+                            cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
 
@@ -104,10 +155,11 @@ def test_the_series_lock_is_taken_in_one_place():
     """Only the orchestrator's ``series_lock`` takes ``Lake.lock``; the flows and the command line reach it
     through ``series_lock``, and the library takes no lock of its own."""
     calls = lock_calls()
-    assert [c for c in calls if c.endswith(" lock")] == [next(c for c in calls if c.startswith("flows.executor:")
+    assert [c for c in calls if c.endswith(" lock")] == [next(c for c in calls if c.startswith("anitrack.flows.executor:")
                                                              and c.endswith(" lock"))], calls
     users = {c.split(":")[0] for c in calls if c.endswith("series_lock")}
-    assert users <= {"flows.executor", "flows.ingest", "flows.identify", "flows.backfill", "flows.corrections",
+    assert users <= {"anitrack.flows.executor", "anitrack.flows.ingest", "anitrack.flows.identify",
+                     "anitrack.flows.backfill", "anitrack.flows.corrections",
                      "anitrack.cli.pipeline"}, users
     assert not [c for c in calls if layer(c.split(":")[0]) == "library"], calls
 

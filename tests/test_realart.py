@@ -1,12 +1,11 @@
 """Identity on real anime art (../shared/data/realart), not only on synthetic renders.
 
 The floors are what the offline embedders really reach (benchmarks/realart_bench.py prints the
-same figures); the point of the second test is the one a wiki editor cares about: names given on
+same figures, both through ``anitrack.identity.evaluation``); the point of the second test is the one a wiki editor cares about: names given on
 real drawings, end to end through ``anitrack run``, are right, and the rest stay unknown.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,9 +16,6 @@ from anitrack.sql import connect, run_query
 from tests.conftest import REPO, run_cli
 
 REALART = REPO.parent / "shared" / "data" / "realart"
-_spec = importlib.util.spec_from_file_location("realart_bench", REPO / "benchmarks" / "realart_bench.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (REALART / "manifest.json").is_file(),
@@ -35,21 +31,23 @@ FLOOR_HYBRID_RIGHT = 0.08
 @pytest.fixture(scope="module")
 def crops():
     from anitrack.embed import ColorShapeDescriptor, HybridEmbedder
+    from anitrack.identity.evaluation import embed_views, load_labelled_art
 
-    images, labels = bench.load(REALART)
+    images, labels = load_labelled_art(REALART)
     views = [(img, None) for img in images]
-    return labels, {"descriptor": bench.embed(ColorShapeDescriptor(), views),
-                    "hybrid": bench.embed(HybridEmbedder(), views)}
+    return labels, {"descriptor": embed_views(ColorShapeDescriptor(), views),
+                    "hybrid": embed_views(HybridEmbedder(), views)}
 
 
 def test_hybrid_names_real_art_better_and_calibration_holds(crops):
-    from anitrack.identity.calibration import SPACE_RULES
     from anitrack.config import load_config, resolve_profile
+    from anitrack.identity.calibration import SPACE_RULES
+    from anitrack.identity.evaluation import gallery_naming_figures
 
     labels, vectors = crops
     config = resolve_profile(load_config(environ={}), "offline")
     rate = config["name"]["max_false_rate"]
-    got = {name: bench.evaluate(v, v, labels, SPACE_RULES[name], config, range(3)) for name, v in vectors.items()}
+    got = {name: gallery_naming_figures(v, v, labels, SPACE_RULES[name], config, range(3)) for name, v in vectors.items()}
     assert got["hybrid"]["nearest"] > got["descriptor"]["nearest"] + 0.15
     assert got["hybrid"]["nearest"] >= FLOOR_HYBRID_NEAREST
     assert got["hybrid"]["named_right"] >= FLOOR_HYBRID_RIGHT

@@ -110,7 +110,7 @@ def test_bad_input_is_one_line_before_any_server_starts(cast_identified, ingeste
     proc = run_cli("review", "--lake", str(ingested_lake), "--series", "mini", "--no-browser", timeout=120)
     assert proc.returncode == 1 and "no identity run" in proc.stderr
     proc = run_cli("review", "--lake", str(tmp_path / "missing"), "--series", "cast", "--no-browser", timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip() == f"anitrack: error: no lake at {tmp_path / 'missing'}"
 
 
 def _cards(page) -> list[dict]:
@@ -275,7 +275,7 @@ def test_the_review_order_puts_the_costliest_mistakes_first(cast_identified, cas
     from anitrack.identity.inputs import load_inputs
     from anitrack.identity.evaluation import true_characters
     from anitrack.intervals import union_length
-    from anitrack.review import Review
+    from anitrack.identity.review import Review
 
     lake, _ = cast_identified
     lk = Lake(str(lake), create=False)

@@ -22,6 +22,9 @@ COMMAND_MODULES = (pipeline, identity, analytics, manage, demo)  # importing eac
 
 def main() -> None:
     """Entry point: map errors to one line and an exit code."""
+    from anitrack.flows import configure_prefect
+
+    configure_prefect()
     from anitrack.config import ConfigError
     from anitrack.ingest import SourceError
     from anitrack.lake import LakeError

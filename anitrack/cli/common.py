@@ -16,6 +16,22 @@ lake_app = typer.Typer(no_args_is_help=True, help="Manage the lake (import your 
 models_app = typer.Typer(no_args_is_help=True, help="Manage full-profile models.")
 query_app = typer.Typer(no_args_is_help=True, help="Named analytics queries (screen time, co-appearance, ...).")
 export_app = typer.Typer(no_args_is_help=True, help="Export subtitles, face-crop datasets, clips and tables.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"anitrack {version('anitrack')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the installed version and exit.")) -> None:
+    """Find, track, cluster and name anime characters across whole series."""
+
+
 app.add_typer(lake_app, name="lake")
 app.add_typer(models_app, name="models")
 app.add_typer(query_app, name="query")
@@ -180,7 +196,7 @@ def run_flow(flow_fn, command: str, lake: str, series: str, **params):
     """Run a flow through the executor (it takes the series lock); a busy series is one line, exit 1.
     Episode progress shows as bars on a terminal."""
     from anitrack import progress
-    from flows.executor import execute
+    from anitrack.flows.executor import execute
 
     with busy_is_one_line():
         if sys.stderr.isatty():

@@ -30,7 +30,7 @@ def demo(out: Path = typer.Option(Path("demo"), help="Folder for the synthetic s
     print_table(summary)
     if any(r["status"] == "failed" for r in results):
         raise typer.Exit(1)
-    from flows.identify import identify_series
+    from anitrack.flows.identify import identify_series
 
     identity = run_flow(identify_series, "identify", lake, "demo", config=command_config([], None, "offline"),
                         references=str(out / "data" / "references"), truth=str(folder / "truth.json"))

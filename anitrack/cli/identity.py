@@ -30,7 +30,7 @@ def identify(lake: str = typer.Option(..., help="Lake folder or URL."),
         check_inputs(open_lake(lake, create=False), series, references)
     except identity_errors() as exc:
         raise Failure(str(exc)) from None
-    from flows.identify import identify_series
+    from anitrack.flows.identify import identify_series
 
     summary = run_flow(identify_series, "identify", lake, series, config=config,
                        references=str(references) if references else None, truth=str(truth) if truth else None,
@@ -52,7 +52,7 @@ def label(lake: str = typer.Option(...), series: str = typer.Option(...),
     """Correct the current identity (name, split, merge, noise, undo); corrections are kept by tracklet and
     survive re-runs."""
     from anitrack.identity import corrections
-    from flows.corrections import correct_series
+    from anitrack.flows.corrections import correct_series
 
     chosen = {"name": name is not None, "split": split is not None, "merge": merge is not None, "noise": noise}
     if sum(chosen.values()) + undo != 1:
@@ -85,13 +85,14 @@ def review(lake: str = typer.Option(..., help="Lake folder or URL."), series: st
            profile: str = typer.Option("offline"), sets: list[str] = typer.Option([], "--set"),
            config_file: Optional[Path] = typer.Option(None, "--config")):
     """Review and correct the series' identity in the browser (Ctrl-C stops it)."""
-    from anitrack import review as reviewing
     from anitrack.identity.corrections import CorrectionError
+    from anitrack.identity.review import check_reviewable
+    from anitrack.web.review import serve
 
     lk = open_lake(lake, create=False)
     config = command_config(sets, config_file, profile)
     try:
-        reviewing.check_reviewable(lk, series)
+        check_reviewable(lk, series)
     except CorrectionError as exc:
         raise Failure(str(exc)) from None
 
@@ -102,6 +103,6 @@ def review(lake: str = typer.Option(..., help="Lake folder or URL."), series: st
 
             webbrowser.open(url)
 
-    from flows.corrections import review_writes
+    from anitrack.flows.corrections import review_writes
 
-    reviewing.serve(lk, series, review_writes(lake, series, config), port=port, announce=announce)
+    serve(lk, series, review_writes(lake, series, config), port=port, announce=announce)

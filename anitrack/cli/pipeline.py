@@ -119,7 +119,7 @@ def ingest_args(source, lake, series, profile, sets, config_file, parallel, devi
 
 
 def run_ingest(**args) -> list[dict]:
-    from flows.ingest import ingest_series
+    from anitrack.flows.ingest import ingest_series
 
     return run_flow(ingest_series, "ingest", **args)
 
@@ -148,7 +148,7 @@ def run(source: str = typer.Argument(..., help="A video file, a folder, a glob o
             gallery_images(references)
         except identity_errors() as exc:
             raise Failure(str(exc)) from None
-    from flows.ingest import run_series
+    from anitrack.flows.ingest import run_series
 
     args = ingest_args(source, lake, series, profile, set_, config_file, parallel, device, runner,
                        dask_address, dask_workers)
@@ -196,7 +196,7 @@ def serve(source: str = typer.Option(..., help="Folder (or fsspec URL) the serie
             raise Failure(str(exc)) from None
     _prefect_server()
     open_lake(lake)
-    from flows.service import serve as serve_flows
+    from anitrack.flows.service import serve as serve_flows
 
     serve_flows(source, lake, series, _absolute(references) if references else None, profile, set_,
                 cron=None if interval else (cron or "0 * * * *"), interval=interval)
@@ -238,8 +238,8 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
 
     check_format(fmt)
     lk = open_lake(lake, create=False)
-    from flows.backfill import backfill_series
-    from flows.executor import series_lock
+    from anitrack.flows.backfill import backfill_series
+    from anitrack.flows.executor import series_lock
 
     try:  # the plan is printed first, and what runs is planned again under the same hold of the lock
         locked = contextlib.nullcontext() if dry_run else series_lock(lake, series, "backfill")

@@ -14,9 +14,9 @@ from collections import defaultdict
 import numpy as np
 import pyarrow as pa
 
-from anitrack.identity.inputs import current_run
+from anitrack.identity.inputs import IDENTITY_SECTIONS, current_run, identity_config
 from anitrack.lake import Lake
-from schemas.tables import LABELS
+from anitrack.schemas.tables import LABELS
 
 KINDS = ("name", "merge", "split", "noise", "move", "reference")
 
@@ -141,8 +141,6 @@ def drop_latest(lake: Lake, series: str) -> bool:
 
 def reidentify_config(lake: Lake, series: str, config: dict) -> dict:
     """``config`` with the cluster and name parameters of the current run (re-run as it was made)."""
-    from anitrack.backfill import IDENTITY_SECTIONS, identity_config
-
     current = identity_config(lake, series)
     return {**config, **{s: current[s] for s in IDENTITY_SECTIONS}}
 

@@ -117,7 +117,7 @@ def simulate(lake: Lake, series: str, config: dict, true_of: dict[str, str], kno
     """Correct the current identity run of ``series`` until nothing is left to fix (or ``max_actions``);
     returns the figures before the first action and after each one. ``report(step)`` sees each as it comes."""
     from anitrack.identity.run import identify
-    from anitrack.review import Review
+    from anitrack.identity.review import Review
 
     seconds = {r["tracklet_id"]: r["end_s"] - r["start_s"] for r in lake.read("tracklets", series).to_pylist()}
     steps = [Step("start", *shares(credited(lake, series), true_of, seconds, known), 0.0)]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from anitrack.identity import calibration
 from anitrack.identity.calibration import unit
 from anitrack.identity.inputs import IdentifyError
 from anitrack.intervals import union_length
@@ -211,3 +212,71 @@ def open_set_figures(ids, truth, gallery, episodes, starts, ends, cluster: dict[
             "overlapping_pairs": int(len(i)),
             "shared_names": int(sum(1 for a, b in zip(i, j) if name[ids[a]] is not None
                                     and name[ids[a]] == name[ids[b]]))}
+
+
+# -- labelled drawings (real art): the benchmark and the test share these ---------------------------
+def load_labelled_art(root: Path, every: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+    """RGB images and their character labels, in manifest order (every n-th image)."""
+    import cv2
+
+    files = json.loads((root / "manifest.json").read_text())["files"][::every]
+    images = [cv2.cvtColor(cv2.imread(str(root / f["path"])), cv2.COLOR_BGR2RGB) for f in files]
+    return images, np.array([f["character"] for f in files])
+
+
+def embed_views(embedder, views: list[tuple[np.ndarray, np.ndarray | None]], batch: int = 32) -> np.ndarray:
+    """Vectors of (image, face box or None) views, in batches."""
+    out = [embedder.embed([v[0] for v in views[i:i + batch]], [v[1] for v in views[i:i + batch]])
+           for i in range(0, len(views), batch)]
+    return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
+
+
+def draw_gallery(labels: np.ndarray, seed: int, refs: int, leave_out: float,
+                 eligible: np.ndarray | None = None) -> tuple[np.ndarray, set[str]]:
+    """A gallery of ``refs`` images per character, ``leave_out`` of the characters left out; drawn from
+    ``eligible`` images (those a reference cut finds a face in, as ``gallery.embed_gallery`` keeps)."""
+    rng = np.random.default_rng(seed)
+    names = sorted(set(labels))
+    out = set(rng.choice(names, int(round(len(names) * leave_out)), replace=False).tolist())
+    gallery = np.zeros(len(labels), bool)
+    for name in names:
+        if name not in out:
+            mine = np.flatnonzero(labels == name)
+            usable = mine[eligible[mine]] if eligible is not None and eligible[mine].any() else mine
+            gallery[rng.choice(usable, min(refs, len(usable)), replace=False)] = True
+    return gallery, out
+
+
+def gallery_naming_figures(probes: np.ndarray, gallery_vectors: np.ndarray, labels: np.ndarray, rule, config: dict,
+             seeds=range(4), refs: int = 6, leave_out: float = 0.25, detected: np.ndarray | None = None,
+             eligible: np.ndarray | None = None) -> dict:
+    """Naming labelled drawings against galleries drawn from them, at the calibrated rule, as identity runs
+    use it; mean over ``seeds`` gallery draws of: ``nearest`` (the nearest character is right, gallery
+    characters), ``named_right`` (of gallery characters' drawings), ``named_wrong`` (of all drawings; a
+    left-out character named at all is wrong), ``wrong_of_named``, the median ``threshold`` and the
+    gallery's ``genuine_accept``. ``detected``: probes a detector found (the rest count as unnamed)."""
+    name = config["name"]
+    rows = []
+    for seed in seeds:
+        gallery, out = draw_gallery(labels, seed, refs, leave_out, eligible)
+        probe = ~gallery
+        seen = probe & (detected if detected is not None else True)
+        space, cal = calibration.calibrate_cosine(probes[seen], gallery_vectors[gallery], labels[gallery], rule,
+                                                  name["max_false_rate"], name["margin"],
+                                                  config["cluster"]["space_dims"])
+        sims = space.name(probes[seen]) @ space.name(gallery_vectors[gallery]).T
+        chars, score = calibration.per_character(sims, labels[gallery])
+        verdicts = cal.judge(sims, labels[gallery])
+        truth = labels[seen]
+        known = ~np.isin(truth, list(out))
+        nearest = chars[np.argmax(score, axis=1)]
+        right = verdicts.passed & (verdicts.best == truth)
+        wrong = verdicts.passed & (verdicts.best != truth)
+        in_gallery = int((probe & ~np.isin(labels, list(out))).sum())
+        rows.append({"nearest": float(np.mean(nearest[known] == truth[known])),
+                     "named_right": float(right.sum() / max(in_gallery, 1)),
+                     "named_wrong": float(wrong.sum() / max(int(probe.sum()), 1)),
+                     "wrong_of_named": float(wrong.sum() / max(int(verdicts.passed.sum()), 1)),
+                     "threshold": cal.threshold, "genuine_accept": cal.genuine_accept or 0.0,
+                     "detected": float(seen.sum() / max(int(probe.sum()), 1))})
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -1,11 +1,15 @@
 """What an identity run reads from the lake: tracklets of the good episodes with one pooled vector each."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 
+from anitrack.config import defaults
 from anitrack.lake import Lake
+
+IDENTITY_SECTIONS = ("cluster", "name")  # the config sections an identity run reads
 
 
 class IdentifyError(RuntimeError):
@@ -47,3 +51,22 @@ def current_run(lake: Lake, series: str) -> dict | None:
     runs = lake.read("identity_runs", series).to_pylist()
     return max(runs, key=lambda r: (r["created_at"], r["run_id"])) if runs else None
 
+
+def latest_run_row(rows: list[dict]) -> dict | None:
+    """The last finished of some ``stage_runs`` rows."""
+    return max(rows, key=lambda r: (r["finished_at"], r["run_id"] or "")) if rows else None
+
+
+def identity_config(lake: Lake, series: str, run_id: str | None = None, runs: list[dict] | None = None) -> dict:
+    """Cluster and name parameters of an identity run (default: the current one)."""
+    config = defaults()
+    chosen = current_run(lake, series) if run_id is None else next(
+        (r for r in lake.read("identity_runs", series).to_pylist() if r["run_id"] == run_id), None)
+    if chosen is None:
+        return config
+    config["cluster"].update(json.loads(chosen["parameters"] or "{}").get("cluster", {}))
+    runs = lake.read("stage_runs", series).to_pylist() if runs is None else runs
+    row = latest_run_row([r for r in runs if r["stage"] == "identity" and r["run_id"] == chosen["run_id"]])
+    if row is not None:  # every identity run records its cluster and name parameters
+        config["name"].update(json.loads(row["parameters"]).get("name", {}))
+    return config

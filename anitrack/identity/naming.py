@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anitrack.identity.calibration import Verdicts
-from anitrack.identity.clustering import centroids, constrained_union, hdbscan_cosine, overlap_pairs
+from anitrack.identity.clustering import centroids, hdbscan_cosine, overlap_pairs
 
 
 @dataclass

@@ -29,7 +29,7 @@ from anitrack.identity.gallery import FACELESS, embed_gallery, embedder_config, 
 from anitrack.identity.inputs import IdentifyError, current_run, load_inputs
 from anitrack.identity.metric import Metric, metric_for
 from anitrack.lake import Lake, new_run_id
-from schemas.tables import TABLES
+from anitrack.schemas.tables import TABLES
 
 
 def check_inputs(lake: Lake, series: str, references: str | Path | None) -> None:

@@ -1,11 +1,12 @@
-"""Review and correct a series' identity in the browser: a local FastAPI app over the lake.
+"""Review and correct a series' identity in the browser: a local FastAPI app over the lake, the application
+layer beside the command line.
 
-Pages are rendered on the server from the lake (crops from the ``crops`` table, local or
-``s3://``); each correction is one click that writes the ``labels`` table (rows from
-:mod:`anitrack.identity.corrections`) and re-identifies, through the ``Writes`` it is given (the
-command line gives it the flows, which hold the series lock). Safe by default: it binds the
-loopback interface, every request carries the token minted at start (query, cookie or
-header), and the Host header must name the loopback.
+Pages are rendered on the server from the read model (:mod:`anitrack.identity.review`; crops from the
+``crops`` table, local or ``s3://``); each correction is one click that writes the ``labels`` table (rows from
+:mod:`anitrack.identity.corrections`) and re-identifies, through the ``Writes`` it is given (the command line
+gives it the flows, which hold the series lock). Safe by default: it binds the loopback interface, every
+request carries the token minted at start (query, cookie or header), and the Host header must name the
+loopback.
 """
 from __future__ import annotations
 
@@ -15,139 +16,19 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from anitrack.identity import corrections
-from anitrack.intervals import union_length
+from anitrack.identity.review import Review, Writes
 from anitrack.lake import Lake, LakeBusy
 
 LOOPBACK = ("127.0.0.1", "localhost")
-STRIP = 6  # crops on a character card
-
-
-@dataclass(frozen=True)
-class Writes:
-    """What the page writes with; each returns an identity summary (``undo``: None if there was nothing)."""
-    correct: Callable[[list[dict]], dict]    # append one correction's rows, re-identify
-    undo: Callable[[], dict | None]          # drop the latest correction, re-identify in full
-    backfill: Callable[[list[str]], dict]    # ``stage.key=value`` settings: the backfill's result
-
-
-@dataclass
-class Card:
-    """One cluster of the current run as the characters page shows it."""
-    cluster_id: int
-    character: str
-    source: str
-    named: bool
-    closest: str | None
-    similarity: float | None
-    margin: float | None
-    threshold: float | None
-    confidence: float | None
-    seconds: float
-    tracklets: list[str]
-    episodes: int
-    crops: list[str] = field(default_factory=list)
-
-    priority: float = 0.0  # seconds on screen a correction would likely move (``Review.priority``)
-
-
-class Review:
-    """The current identity run of one series, read from the lake (reloaded after every correction)."""
-
-    def __init__(self, lake: Lake, series: str):
-        self.lake, self.series = lake, series
-        self.crop_rows = lake.read("crops", series, columns=["episode", "tracklet_id", "crop_id", "t_s",
-                                                            "face_score"]).to_pylist()
-        self.crop_episode = {r["crop_id"]: r["episode"] for r in self.crop_rows}
-        self.crops_of = defaultdict(list)
-        for r in sorted(self.crop_rows, key=lambda r: r["t_s"]):
-            self.crops_of[r["tracklet_id"]].append(r)
-        self.tracklets = {r["tracklet_id"]: r for r in lake.read("tracklets", series).to_pylist()}
-        self.shots = defaultdict(list)
-        for r in lake.read("shots", series, columns=["episode", "start_s"]).to_pylist():
-            self.shots[r["episode"]].append(r["start_s"])
-        self.durations = {r["episode"]: r["duration_s"] or 0.0 for r in lake.read("episodes", series).to_pylist()}
-        self._images: dict[str, dict[str, tuple[str, bytes]]] = {}
-        self.reload()
-
-    def reload(self) -> None:
-        from anitrack.identity.inputs import current_run
-
-        self.run_id, self.members = corrections.current_members(self.lake, self.series)
-        run = self.run_id
-        self.run = current_run(self.lake, self.series)
-        self.verdict_of = {r["tracklet_id"]: r for r in self.lake.read("clusters", self.series).to_pylist()
-                           if r["run_id"] == run}  # each tracklet's own verdict (noise ones too)
-        chars = [r for r in self.lake.read("characters", self.series).to_pylist() if r["run_id"] == run]
-        self.appearances = [r for r in self.lake.read("appearances", self.series).to_pylist() if r["run_id"] == run]
-        spans = defaultdict(list)
-        for a in self.appearances:
-            spans[(a["cluster_id"], a["episode"])].append((a["start_s"], a["end_s"]))
-        seconds = defaultdict(float)
-        for (k, _), s in spans.items():
-            seconds[k] += union_length(s)
-        self.cards = {}
-        for c in chars:
-            k = c["cluster_id"]
-            tids = self.members.get(k, [])
-            self.cards[k] = Card(k, c["character"], c["source"], c["named"], c["closest"], c["similarity"],
-                                 c["margin"], c["threshold"], c["confidence"], seconds[k], tids,
-                                 len({self.tracklets[t]["episode"] for t in tids if t in self.tracklets}),
-                                 self._strip(tids, c["best_tracklet_id"]))
-            self.cards[k].priority = self.priority(self.cards[k])
-        gallery = {r["character"] for r in self.lake.read("references", self.series, columns=["character"]).to_pylist()}
-        chosen = {r["value"] for r in self.lake.read("labels", self.series, columns=["action", "value"]).to_pylist()
-                  if r["action"] in ("name", "reference")}
-        self.names = sorted(gallery | chosen | {c.character for c in self.cards.values() if c.named})
-
-    def priority(self, card: Card) -> float:
-        """Seconds on screen a correction would likely move.
-
-        A user's label: none. An unknown cluster: all its time (naming it credits it). A reference name:
-        its time times the cluster's doubt (its backing share falls short of 1, its median lead over the
-        runner-up under 0.1), plus the time of tracklets whose own verdict points at another character.
-        Mistakes the embedding makes with confidence show in none of these; they rank by screen time.
-        """
-        if card.source == "label":
-            return 0.0
-        if not card.named:
-            return card.seconds
-        lead = min(max((card.margin or 0.0) / 0.1, 0.0), 1.0)
-        doubt = 1.0 - (card.confidence or 0.0) * (0.5 + 0.5 * lead)
-        against = 0.0
-        for t in card.tracklets:
-            row, verdict = self.tracklets.get(t), self.verdict_of.get(t) or {}
-            if row and verdict.get("best") not in (None, card.character):
-                against += row["end_s"] - row["start_s"]
-        return card.seconds * doubt + against
-
-    def _strip(self, tids: list[str], best: str | None) -> list[str]:
-        """The best crops of a cluster: its best tracklet's sharpest face first, then one per tracklet."""
-        ranked = sorted(tids, key=lambda t: (t != best, -len(self.crops_of[t]), t))
-        picks = [max(self.crops_of[t], key=lambda r: r["face_score"] or 0.0)["crop_id"]
-                 for t in ranked if self.crops_of[t]]
-        return picks[:STRIP]
-
-    def order(self) -> list[Card]:
-        """Cards by what a correction would change most: screen time of uncertain clusters first."""
-        return sorted(self.cards.values(), key=lambda c: (-c.priority, -c.seconds, c.cluster_id))
-
-    def image(self, crop_id: str) -> tuple[str, bytes] | None:
-        episode = self.crop_episode.get(crop_id)
-        if episode is None:
-            return None
-        if episode not in self._images:
-            table = self.lake.read("crops", self.series, episode=episode,
-                                   columns=["crop_id", "image_format", "image"]).to_pylist()
-            self._images[episode] = {r["crop_id"]: (r["image_format"] or "jpeg", r["image"]) for r in table}
-        return self._images[episode].get(crop_id)
+STATIC = Path(__file__).with_name("static")
+STYLE, SCRIPT, THRESHOLD_SCRIPT = (STATIC / name for name in ("review.css", "review.js", "thresholds.js"))
 
 
 # -- pages -------------------------------------------------------------------------
@@ -159,52 +40,19 @@ def _num(value, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-STYLE = """
-body{font:14px system-ui,sans-serif;margin:0;background:#f6f6f8;color:#222}
-header{background:#24243a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center}
-header a{color:#cfd3ff} #status{margin-left:auto;font-weight:600}
-main{padding:12px 16px} .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:12px}
-.card{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px #0002}
-.card h3{margin:0 0 4px} .tag{font-size:11px;padding:1px 6px;border-radius:8px;background:#ddd}
-.tag.unknown{background:#ffd9a8} .tag.label{background:#b8f0c0} .tag.reference{background:#cfe0ff}
-.strip img,.crops img{height:72px;margin:2px;border:3px solid transparent;border-radius:4px}
-.crops img.chosen{border-color:#e33} .meta{color:#555;font-size:12px;margin:2px 0}
-.actions{display:flex;flex-wrap:wrap;gap:4px;margin-top:6px} button{cursor:pointer}
-.tracklet{background:#fff;border-radius:6px;padding:6px;margin:6px 0}
-.tracklet.picked{outline:2px solid #e33} h2{margin:14px 0 6px}
-"""
 
-SCRIPT = """
-const TOKEN=document.querySelector('meta[name=token]').content, RUN=document.querySelector('meta[name=run]').content;
-const say=(m)=>{document.getElementById('status').textContent=m};
-const was=sessionStorage.getItem('anitrack-status'); if(was){say(was);sessionStorage.removeItem('anitrack-status')}
-async function send(path, body){
-  document.querySelectorAll('button').forEach(b=>b.disabled=true); say('re-identifying…');
-  const r=await fetch(path,{method:'POST',headers:{'Content-Type':'application/json','X-Review-Token':TOKEN},
-                            body:JSON.stringify(Object.assign({run_id:RUN},body))});
-  const j=await r.json();
-  if(!r.ok){say(j.error); if(r.status===409){setTimeout(()=>location.reload(),1500)}
-            else{document.querySelectorAll('button').forEach(b=>b.disabled=false)} return}
-  sessionStorage.setItem('anitrack-status', j.message); location.reload();
-}
-function correct(kind, cluster, extra){return send('/api/correct', Object.assign({kind, cluster}, extra||{}))}
-function picked(within){return [...(within||document).querySelectorAll('.pick:checked')].map(x=>x.value)}
-function chosenCrops(){return [...document.querySelectorAll('.crops img.chosen')].map(x=>x.dataset.crop)}
-document.querySelectorAll('.crops img').forEach(i=>i.onclick=()=>i.classList.toggle('chosen'));
-document.querySelectorAll('.pick').forEach(c=>c.onchange=()=>c.closest('.tracklet').classList.toggle('picked',c.checked));
-"""
 
 
 def _page(title: str, body: str, review: Review, token: str) -> str:
     names = "".join(f"<option value='{_e(n)}'>" for n in review.names)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title>"
             f"<meta name=token content='{_e(token)}'><meta name=run content='{_e(review.run_id)}'>"
-            f"<style>{STYLE}</style></head><body><header><b>anitrack review · {_e(review.series)}</b>"
+            f"<style>{STYLE.read_text()}</style></head><body><header><b>anitrack review · {_e(review.series)}</b>"
             f"<a href='/'>Characters</a><a href='/noise'>Noise ({len(review.members.get(-1, []))})</a>"
             f"<a href='/timeline'>Timeline</a><a href='/thresholds'>Thresholds</a>"
             f"<button onclick=\"send('/api/undo',{{}})\" id=undo>Undo last correction</button>"
             f"<span>run {_e(review.run_id)}</span><span id=status></span></header><main>{body}</main>"
-            f"<datalist id=names>{names}</datalist><script>{SCRIPT}</script></body></html>")
+            f"<datalist id=names>{names}</datalist><script>{SCRIPT.read_text()}</script></body></html>")
 
 
 def _img(crop_id: str, cls: str = "") -> str:
@@ -328,33 +176,6 @@ def timeline_page(review: Review, token: str) -> str:
                  + "".join(parts), review, token)
 
 
-THRESHOLD_SCRIPT = """
-const cards=JSON.parse(document.getElementById('cards').textContent);
-const MARGIN=+document.getElementById('cards').dataset.margin, AGREE=+document.getElementById('cards').dataset.agreement;
-function nameAt(c, t){  // a fixed threshold: most of the cluster's tracklets pass it for one character
-  const votes={};
-  for(const [best, score, lead] of c.verdicts){
-    if(best!==null && score!==null && score>=t && (lead===null || lead>=MARGIN)){votes[best]=(votes[best]||0)+1}
-  }
-  const top=Object.keys(votes).sort((a,b)=>votes[b]-votes[a])[0];
-  return top!==undefined && votes[top] > AGREE*c.verdicts.length ? top : null;
-}
-function preview(){
-  const t=+document.getElementById('threshold').value; document.getElementById('shown').textContent=t.toFixed(2);
-  const time={}, was={}; let named=0, before=0;
-  for(const c of cards){
-    const keep=c.source==='label', name=keep ? c.character : nameAt(c, t), now=name!==null;
-    const who=now ? name : 'unknown';
-    time[who]=(time[who]||0)+c.seconds; was[c.named?c.character:'unknown']=(was[c.named?c.character:'unknown']||0)+c.seconds;
-    named+=now; before+=c.named;
-  }
-  const names=[...new Set([...Object.keys(time),...Object.keys(was)])].sort();
-  document.getElementById('summary').textContent=`${named} of ${cards.length} clusters named (now ${before})`;
-  document.getElementById('rows').innerHTML=names.map(n=>`<tr><td>${n.replace(/</g,'&lt;')}</td>`+
-    `<td>${(was[n]||0).toFixed(1)}</td><td>${(time[n]||0).toFixed(1)}</td></tr>`).join('');
-}
-document.getElementById('threshold').oninput=preview; preview();
-"""
 
 
 def thresholds_page(review: Review, token: str) -> str:
@@ -364,7 +185,7 @@ def thresholds_page(review: Review, token: str) -> str:
     cards = [{"character": c.character, "named": c.named, "source": c.source, "seconds": round(c.seconds, 2),
               "verdicts": [[v["best"], v["score"], v["lead"]] for v in map(review.verdict_of.get, c.tracklets) if v]}
              for c in review.order()]
-    from anitrack.backfill import identity_config
+    from anitrack.identity.inputs import identity_config
 
     margin = review.run.get("name_margin") or 0.0
     agreement = identity_config(review.lake, review.series)["name"]["agreement"]
@@ -380,7 +201,7 @@ def thresholds_page(review: Review, token: str) -> str:
             f"<button id=calibrated onclick=\"send('/api/thresholds',{{threshold:0}})\">Back to calibrated</button>"
             f"<p id=summary></p><table><thead><tr><th>character</th><th>seconds now</th><th>seconds after</th>"
             f"</tr></thead><tbody id=rows></tbody></table>"
-            f"<script type=application/json id=cards data-margin='{margin}' data-agreement='{agreement}'>{data}</script><script>{THRESHOLD_SCRIPT}</script>")
+            f"<script type=application/json id=cards data-margin='{margin}' data-agreement='{agreement}'>{data}</script><script>{THRESHOLD_SCRIPT.read_text()}</script>")
     return _page("Thresholds", body, review, token)
 
 
@@ -527,17 +348,6 @@ def _int(value) -> int | None:
         raise corrections.CorrectionError(f"{value!r} is not a cluster id") from None
 
 
-def check_reviewable(lake: Lake, series: str) -> None:
-    """Refuse, before any server starts, a series the lake lacks or one without an identity run."""
-    from anitrack.identity.inputs import current_run
-
-    known = lake.series()
-    if series not in known:
-        raise corrections.CorrectionError(f"series {series!r} is not in the lake (it holds: "
-                                          f"{', '.join(known) or 'nothing'})")
-    if current_run(lake, series) is None:
-        raise corrections.CorrectionError(f"series {series!r} has no identity run yet (run anitrack identify first)")
-
 
 def serve(lake: Lake, series: str, writes: Writes, port: int = 0, announce=print) -> None:
     """Run the app on 127.0.0.1 until Ctrl-C; ``announce`` gets the URL with the token."""
@@ -557,4 +367,4 @@ def serve(lake: Lake, series: str, writes: Writes, port: int = 0, announce=print
     server.run(sockets=[sock])
 
 
-__all__ = ["Review", "Card", "Writes", "make_app", "serve", "check_reviewable"]
+__all__ = ["make_app", "serve"]

@@ -1,0 +1,1 @@
+"""The browser front ends (application layer, beside the command line)."""
