@@ -61,7 +61,7 @@ class LakeBusy(LakeError):
 
 def slug(name: str) -> str:
     """A partition-safe version of a user-given name (series from a folder name)."""
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
+    text = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]+", "-", name)).strip("-._")  # "Show - 01" -> Show-01
     return text[:128] or "series"
 
 

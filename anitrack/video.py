@@ -7,7 +7,6 @@ releases are often variable frame rate and ``index / fps`` drifts.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -50,10 +49,34 @@ def content_hash(uri: str, chunk: int = 1 << 22) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def episode_number(name: str) -> int | None:
-    """The last number in a file stem ("episode_07" -> 7, "S01E12" -> 12)."""
-    numbers = re.findall(r"\d+", name)
-    return int(numbers[-1]) if numbers else None
+@dataclass(frozen=True)
+class Numbering:
+    """Season and episode read from a release's file name; ``label`` says what was read, or why nothing."""
+    season: int | None
+    episode: int | None
+    label: str
+
+
+def release_numbering(file_name: str) -> Numbering:
+    """Season and episode of a release name, read by anitopy (a parser kept for anime release names) rather
+    than a regex: "[Group] Show - 01 [1080p HEVC 10bit].mkv" is episode 1, not 10; "Show S01E05" season 1,
+    episode 5; "Show - 05v2" episode 5. A name with no episode number (or a special such as 12.5) gets
+    ``episode`` None and a label that says so."""
+    import anitopy
+
+    parsed = anitopy.parse(file_name) or {}
+    season_text = parsed.get("anime_season")
+    season_text = season_text[0] if isinstance(season_text, list) else season_text
+    season = int(season_text) if season_text and str(season_text).isdigit() else None
+    raw = parsed.get("episode_number")
+    numbers = raw if isinstance(raw, list) else [raw] if raw else []
+    if not numbers:
+        return Numbering(season, None, "no episode number in the name")
+    first = str(numbers[0])
+    shown = (f"S{season:02d}" if season is not None else "") + "E" + "-".join(str(n) for n in numbers)
+    if not first.isdigit():
+        return Numbering(season, None, f"{shown} (not a whole episode number)")
+    return Numbering(season, int(first), shown)
 
 
 def _open(uri: str):

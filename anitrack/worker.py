@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames, recorded_model
-from anitrack.video import episode_number
+from anitrack.video import release_numbering
 
 
 @dataclass
@@ -43,7 +44,9 @@ def utc_now() -> dt.datetime:
 
 def episode_row(spec: EpisodeSpec, content_hash: str, size: int, status: str, error: str | None,
                 fps=None, n_frames=None, duration=None, width=None, height=None) -> dict:
-    return {"series": spec.series, "episode": spec.episode, "episode_number": episode_number(spec.episode),
+    numbering = release_numbering(PurePosixPath(spec.uri.rstrip("/")).name or spec.episode)
+    return {"series": spec.series, "episode": spec.episode, "episode_number": numbering.episode,
+            "season": numbering.season, "numbering": numbering.label,
             "uri": spec.uri, "content_hash": content_hash, "size_bytes": size, "fps": fps, "n_frames": n_frames,
             "duration_s": duration, "width": width, "height": height, "status": status, "error": error,
             "profile": spec.profile, "ingested_at": utc_now()}

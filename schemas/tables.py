@@ -26,6 +26,10 @@ EPISODES = pa.schema(_PART + [
     pa.field("error", pa.string()),
     pa.field("profile", pa.string()),
     pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+    # read from the release's file name (anitopy): season when the name gives one; numbering says what was
+    # read ("S01E05", "E12.5 (not a whole episode number)") or that the name carries no episode number
+    pa.field("season", pa.int32()),
+    pa.field("numbering", pa.string()),
 ])
 
 SHOTS = pa.schema(_PART + [

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from anitrack.config import ConfigError, load_config, resolve_profile
+from anitrack.config import DEFAULTS, ConfigError, load_config, reference_markdown, resolve_profile
 
 
 def test_defaults_follow_the_paper():
@@ -52,3 +54,12 @@ def test_profiles_fill_auto_choices():
         resolve_profile(load_config(["shots.backend=magic"], environ={}), "offline")
     with pytest.raises(ConfigError, match="shots.precision: choose from auto, fp32, bf16"):
         resolve_profile(load_config(["shots.precision=fp16"], environ={}), "offline")
+
+
+def test_the_configuration_reference_in_docs_is_current():
+    """docs/config.md is what `anitrack config --markdown` prints: every parameter with its default."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert page == reference_markdown(), "docs/config.md is stale: anitrack config --markdown > docs/config.md"
+    for stage, keys in DEFAULTS.items():
+        for key in keys:
+            assert f"`{stage}.{key}`" in page

@@ -217,7 +217,7 @@ def test_bad_files_fail_alone(tmp_path, synth_series):
     src = tmp_path / "src"
     src.mkdir()
     good = sorted(synth_series.glob("*.mp4"))[0]
-    shutil.copy(good, src / "ep_01.mp4")
+    shutil.copy(good, src / "[Fansub] Demo - 01 [1080p HEVC 10bit].mp4")  # a release name: episode 1, not 10
     data = good.read_bytes()
     (src / "ep_02.mp4").write_bytes(data[: len(data) // 2])  # truncated
     (src / "ep_03.mp4").write_bytes(b"")  # zero length
@@ -229,8 +229,11 @@ def test_bad_files_fail_alone(tmp_path, synth_series):
     lake = tmp_path / "lake"
     proc = run_cli("ingest", str(src), "--lake", str(lake), "--series", "bad")
     assert proc.returncode == 1, proc.stderr
-    rows = {r["episode"]: r for r in q(lake, "SELECT episode, status, error FROM episodes")}
-    assert rows["ep_01"]["status"] == "ok"
+    rows = {r["episode"]: r for r in q(lake, "SELECT episode, episode_number, numbering, status, error FROM episodes")}
+    good_one = "Fansub-Demo-01-1080p-HEVC-10bit"
+    assert rows[good_one]["status"] == "ok"
+    assert (rows[good_one]["episode_number"], rows[good_one]["numbering"]) == (1, "E01")
+    assert rows["ep_04"]["episode_number"] == 4  # numbered from its name even when it fails
     for name in ("ep_02", "ep_03", "ep_04", "ep_05", "ep_06"):
         assert rows[name]["status"] == "failed" and rows[name]["error"], name
         line = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"anitrack: episode {name} failed")]
@@ -238,7 +241,7 @@ def test_bad_files_fail_alone(tmp_path, synth_series):
     assert "no video stream" in rows["ep_05"]["error"]
     assert "Traceback" not in proc.stderr
     # failed episodes leave no stage partitions behind; the good one is complete
-    assert q(lake, "SELECT DISTINCT episode FROM tracklets") == [{"episode": "ep_01"}]
+    assert q(lake, "SELECT DISTINCT episode FROM tracklets") == [{"episode": good_one}]
 
 
 @pytest.mark.parametrize("args, message", [

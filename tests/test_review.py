@@ -5,7 +5,6 @@ Every correction a user makes in the page must land in the ``labels`` table, sho
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -49,12 +48,6 @@ class Server:
         parts = urlsplit(self.url)
         self.port, self.token = parts.port, parts.query.split("=", 1)[1]
 
-    def request(self, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -73,33 +66,47 @@ def server(lake_copy):
     srv.stop()
 
 
-def test_requests_without_the_token_or_from_a_foreign_host_are_refused(server, lake_copy):
-    status, _ = server.request("GET", "/")
-    assert status == 403
-    status, _ = server.request("GET", "/?token=wrong")
-    assert status == 403
-    status, _ = server.request("GET", f"/?token={server.token}", headers={"Host": "evil.example:80"})
-    assert status == 403
-    status, page = server.request("GET", f"/?token={server.token}")
-    assert status == 200 and b"class=card" in page
+@pytest.fixture
+def client(lake_copy):
+    """The same app in-process through FastAPI's TestClient (as if at 127.0.0.1): the guard tests need no
+    server process; the browser test below drives a real one."""
+    from fastapi.testclient import TestClient
+
+    from anitrack.config import load_config, resolve_profile
+    from anitrack.flows.corrections import review_writes
+    from anitrack.web.review import make_app
+
+    config = resolve_profile(load_config(environ={}), "offline")
+    token = "a-test-token"
+    app = make_app(Lake(str(lake_copy), create=False), "cast", review_writes(str(lake_copy), "cast", config), token)
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
+        yield test_client, token
+
+
+def test_requests_without_the_token_or_from_a_foreign_host_are_refused(client, lake_copy):
+    http, token = client
+    assert http.get("/").status_code == 403
+    assert http.get("/?token=wrong").status_code == 403
+    assert http.get(f"/?token={token}", headers={"Host": "evil.example:80"}).status_code == 403
+    page = http.get(f"/?token={token}")
+    assert page.status_code == 200 and "class=card" in page.text
+    assert "anitrack_review" in http.cookies  # later pages carry the cookie
+    assert http.get("/timeline").status_code == 200
     before = q(lake_copy, "SELECT count(*) AS n FROM labels")[0]["n"]
-    body = json.dumps({"kind": "noise", "cluster": 0}).encode()
+    body = {"kind": "noise", "cluster": 0}
     # a foreign page can send the cookie, never the token header: refused, nothing written
-    status, _ = server.request("POST", "/api/correct", body=body,
-                               headers={"Cookie": f"anitrack_review={server.token}", "Content-Type": "application/json"})
-    assert status == 403
-    status, _ = server.request("POST", "/api/correct", body=body,
-                               headers={"X-Review-Token": server.token, "Host": "attacker.test",
-                                        "Content-Type": "application/json"})
-    assert status == 403
+    refused = http.post("/api/correct", json=body)
+    assert refused.status_code == 403 and "token header" in refused.json()["error"]
+    assert http.post("/api/correct", json=body, headers={"X-Review-Token": token, "Host": "attacker.test"}
+                     ).status_code == 403
     assert q(lake_copy, "SELECT count(*) AS n FROM labels")[0]["n"] == before
 
 
-def test_a_correction_on_a_run_that_changed_writes_nothing(server, lake_copy):
-    body = json.dumps({"kind": "noise", "cluster": 0, "run_id": "not-the-current-run"}).encode()
-    status, reply = server.request("POST", "/api/correct", body=body,
-                                   headers={"X-Review-Token": server.token, "Content-Type": "application/json"})
-    assert status == 409 and b"no longer current" in reply
+def test_a_correction_on_a_run_that_changed_writes_nothing(client, lake_copy):
+    http, token = client
+    reply = http.post("/api/correct", json={"kind": "noise", "cluster": 0, "run_id": "not-the-current-run"},
+                      headers={"X-Review-Token": token})
+    assert reply.status_code == 409 and "no longer current" in reply.json()["error"]
     assert q(lake_copy, "SELECT count(*) AS n FROM labels")[0]["n"] == 0
 
 

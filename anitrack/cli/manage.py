@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from anitrack.cli.common import Failure, UsageError, command_config, lake_app, models_app, open_lake
+from anitrack.cli.common import Failure, UsageError, app, command_config, lake_app, models_app, open_lake
 from anitrack.errors import first_line
 
 
@@ -56,3 +56,20 @@ def models_pull(to: Optional[Path] = typer.Option(None, help="Folder to pull int
         raise Failure(str(exc)) from None
     if to is not None and Path(to).resolve() != models_dir().resolve():
         print(f"on the machines that run it: ANITRACK_MODELS={Path(to).resolve()}")
+
+
+@app.command("config")
+def show_config(profile: str = typer.Option("offline", help="The profile whose choices fill auto values."),
+                set_: list[str] = typer.Option([], "--set", help="stage.key=value, as for ingest."),
+                config_file: Optional[Path] = typer.Option(None, "--config", help="An anitrack.toml file."),
+                markdown: bool = typer.Option(False, "--markdown", help="Print the reference of every parameter "
+                                                                        "(docs/config.md) instead.")):
+    """Print the parameters a command would run with (defaults, anitrack.toml, environment, --set, profile)."""
+    from anitrack.config import reference_markdown
+
+    if markdown:
+        print(reference_markdown(), end="")
+        return
+    for stage, keys in command_config(set_, config_file, profile).items():
+        for key, value in keys.items():
+            print(f"{stage}.{key} = {value!r}")
