@@ -24,7 +24,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
                        "decide clear cuts without it); false runs every window."),
         "context": (25, "transnetv2: frames of context kept either side of each 100-frame window's "
                         "predictions (25 = the reference; fewer means fewer windows, probabilities shift a little)."),
-        "precision": ("auto", "transnetv2: fp32 (the reference), bf16 (about 2x faster on CPUs with bf16 "
+        "precision": ("auto", "transnetv2: fp32 (the reference), bf16 (about 1.8x faster on CPUs with bf16 "
                               "instructions, probabilities within ~0.01) or auto (bf16 on such CPUs, else fp32)."),
     },
     "detect": {
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "up_ratio": (0.45, "Face box expanded upward by this fraction of its height (hair, ears)."),
         "pad": (25, "Padding in pixels around the face-anchored crop."),
         "format": ("webp", "Encoding of crop images stored in the lake: webp, png or jpeg (25x faster to write "
-                           "than webp, but its artefacts cost names: see the README)."),
+                           "than webp, but its artefacts cost names: docs/benchmarks.md, JPEG crops)."),
         "select": ("auto", "Which crops a tracklet keeps: even (spread over its length), best (highest face score "
                            "x sharpness x size) or auto (best in hub-cpu, even otherwise)."),
     },

@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.slow  # runs the pipeline over video
 
 # Floors the offline profile (animeface + hybrid embedder) reaches on the synthetic series below;
-# measured values are printed by `anitrack run` and recorded in the README. Measured 2026-12-05: B-cubed
+# measured values are printed by `anitrack run` and recorded in docs/identity.md. Measured 2026-12-05: B-cubed
 # F1 0.865, naming accuracy 0.71, mean screen-time error 0.26, named wrong 0.005. (Before open-set
 # calibration naming accuracy was 0.98: two characters' second outfits, whose tracklets score below the
 # lowest pair of the gallery's own drawings of them, were named by a looser "support" bar, the one that
