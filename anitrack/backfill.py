@@ -23,6 +23,7 @@ from anitrack.ingest import fingerprints, model_ids, stale_tables
 from anitrack.worker import EpisodeSpec
 from anitrack.lake import Lake, new_run_id
 from anitrack.identity.inputs import IDENTITY_SECTIONS, current_run, identity_config, latest_run_row
+from anitrack.segments import segments_config
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
 
 class BackfillError(ValueError):
@@ -53,6 +54,8 @@ class Plan:
     rates: dict[str, float] = field(default_factory=dict)  # stage -> seconds per frame, from stage_runs
     identity_seconds: float = 0.0
     run_id: str = field(default_factory=new_run_id)
+    segments_config: dict = field(default_factory=dict)  # the series step's parameters after the change
+    segments_changed: bool = False
 
     @property
     def recompute(self) -> list[EpisodePlan]:
@@ -61,6 +64,11 @@ class Plan:
     @property
     def identity(self) -> bool:
         return self.identity_changed or bool(self.recompute)
+
+    @property
+    def todo(self) -> bool:
+        """Anything to recompute: episodes, the segments step or identity."""
+        return self.identity or self.segments_changed
 
     @property
     def frames_to_decode(self) -> int:
@@ -81,6 +89,8 @@ class Plan:
             rows.append({"stage": table, "recompute": len(todo), "reuse": self.n_episodes - len(todo),
                          "frames_to_decode": 0, "estimate_s": self.rates.get(table, 0.0) * frames})
         mode = "full" if self.full else "incremental"
+        rows.append({"stage": "segments", "recompute": int(self.segments_changed or bool(decoding)),
+                     "reuse": int(not (self.segments_changed or decoding)), "frames_to_decode": 0, "estimate_s": 0.0})
         rows.append({"stage": f"identity ({mode})" if self.identity else "identity",
                      "recompute": int(self.identity), "reuse": int(not self.identity), "frames_to_decode": 0,
                      "estimate_s": self.identity_seconds if self.identity else 0.0})
@@ -157,6 +167,13 @@ def plan(lake: Lake, series: str, sets: list[str], episodes: str | None = None) 
     result = Plan(lake.url, series, list(sets), profile, planned, after, bool(changed) or not has_run,
                   "cluster" in changed or not has_run, n_episodes=len(ok))
     result.rates, result.identity_seconds = _rates(lake, series, ok, runs)
+    before_segments = segments_config(lake, series)
+    result.segments_config = dict(before_segments)
+    for key, value in pairs.items():
+        if key.split(".")[0] == "segments":
+            holder = {"segments": result.segments_config}
+            set_value(holder, key, value)
+    result.segments_changed = result.segments_config != before_segments
     return result
 
 

@@ -76,6 +76,16 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "space_dims": (100, "PCA dimensions of the series' space before whitening within characters "
                             "(cosine embedders, when the gallery has enough labelled images)."),
     },
+    "segments": {
+        "min_seconds": (4.0, "Shortest stretch of footage repeated across episodes that counts as a segment "
+                             "(opening, ending, recap, preview)."),
+        "max_bits": (8, "Frames agree when their 64-bit difference hashes differ in at most this many bits "
+                        "(re-encoding and credit lines flip a few)."),
+        "gap_frames": (12, "Frames in a row that may disagree inside a repeated stretch (a changed credit, a "
+                           "cut flash) before it ends."),
+        "opening_within": (0.3, "An opening starts within this share of the episode (in it and in the others)."),
+        "ending_within": (0.3, "An ending ends within this share of the episode's end (previews may follow it)."),
+    },
     "name": {
         "max_false_rate": (0.01, "Share of faces of characters outside the gallery that the calibrated thresholds "
                                  "may name (measured on held-out references, each as if its character were not "

@@ -24,6 +24,7 @@ from anitrack.detections import Detections
 from anitrack.embed import make_embedder, pool
 from anitrack.lake import conform
 from anitrack.sampling import INTERPOLATED, FrameSampler
+from anitrack.segments import HASH as FRAME_HASH
 from anitrack.shots import FrameChange, cuts_to_shots, make_shot_detector, run_model_id, tiny_frame
 from anitrack.tracking import IouTracker, split_at_cuts
 from anitrack.video import iter_frames
@@ -104,7 +105,7 @@ class EpisodePipeline:
         shots = self.config["shots"]
         return {"shots": run_model_id(shots["backend"], shots["precision"], self.device),
                 "detect": self.detector.model_id, "embed": self.embedder.model_id,
-                "faces": getattr(self.face_finder, "model_id", "") if self.face_finder else ""}
+                "faces": getattr(self.face_finder, "model_id", "") if self.face_finder else "", "hashes": FRAME_HASH}
 
     def close(self) -> None:
         for part in (self.detector, self.face_finder):
@@ -270,7 +271,8 @@ class EpisodePipeline:
 
         tables = {"shots": table("shots", shot_rows), "detections": conform("detections", det_table),
                   "tracklets": table("tracklets", tracklet_rows), "crops": table("crops", crop_rows),
-                  "embeddings": table("embeddings", embedding_rows)}
+                  "embeddings": table("embeddings", embedding_rows),
+                  "frame_hashes": table("frame_hashes", [hash_row(series, episode, fps, change.hashes)])}
         return EpisodeOutput(tables, n, fps, frame_end[-1] - frame_end[0], clock, self.models())
 
     def _candidates(self, frame, dets: Detections, w, h) -> list[Candidate]:
@@ -299,6 +301,12 @@ class EpisodePipeline:
                 if face is not None and cfg["select"] == "best" else 0.0  # ranked only by the best-crops selection
             out.append(Candidate(frame.index, box, fb, anchor, score, cropping.encode(rgb, cfg["format"]), quality))
         return out
+
+def hash_row(series: str, episode: str, fps: float, hashes: list[int]) -> dict:
+    """The ``frame_hashes`` row of an episode (see anitrack.segments)."""
+    return {"series": series, "episode": episode, "method": FRAME_HASH, "fps": fps, "n_frames": len(hashes),
+            "hashes": hashes}
+
 
 def embed_rows(embedder, batch_size: int, crop_rows: list[dict], clock: StageClock) -> list[dict]:
     """Per-crop and pooled per-tracklet vectors from stored (encoded) crops: needs no video, so an

@@ -98,12 +98,21 @@ def _ass_text(name: str) -> str:
     return name.replace("\\", "/").replace("{", "(").replace("}", ")").replace("\n", " ")
 
 
+def segment_rows(con, series: str, episode: str) -> list[dict]:
+    """The episode's openings, endings, recaps and previews (left out of screen time), in time order."""
+    return run_query(con, "SELECT kind, start_s, end_s FROM segments WHERE series = $s AND episode = $e "
+                          "ORDER BY start_s", params={"s": series, "e": episode}).to_pylist()
+
+
 def subtitles(con, series: str, episode: str, fmt: str = "ass") -> str:
-    """Subtitle text: one event per appearance naming the character (ASS: one coloured style per character)."""
+    """Subtitle text: one event per appearance naming the character (ASS: one coloured style per character),
+    and one per segment (``[opening]``, top right) so a viewer sees which seconds screen time leaves out."""
     rows = appearance_rows(con, series, episode)
+    marks = segment_rows(con, series, episode)
     if fmt == "srt":
-        return "".join(f"{i}\n{_srt_time(r['start_s'])} --> {_srt_time(r['end_s'])}\n{r['character']}\n\n"
-                       for i, r in enumerate(rows, 1))
+        events = sorted([(r["start_s"], r["end_s"], r["character"]) for r in rows]
+                        + [(m["start_s"], m["end_s"], f"[{m['kind']}]") for m in marks])
+        return "".join(f"{i}\n{_srt_time(s)} --> {_srt_time(e)}\n{text}\n\n" for i, (s, e, text) in enumerate(events, 1))
     if fmt != "ass":
         raise ExportError(f"unknown subtitle format {fmt!r} (ass or srt)")
     size = run_query(con, "SELECT width, height FROM episodes WHERE series = $s AND episode = $e",
@@ -122,7 +131,12 @@ def subtitles(con, series: str, episode: str, fmt: str = "ass") -> str:
         bgr = rgb[4:6] + rgb[2:4] + rgb[0:2]
         lines.append(f"Style: {style[n]},Arial,{fontsize},&H00{bgr},&H000000FF,&H00101010,&H80000000,"
                      "-1,0,0,0,100,100,0,0,1,2,1,7,20,20,20,1")
+    lines.append(f"Style: segment,Arial,{fontsize},&H00A8D9FF,&H000000FF,&H00101010,&H80000000,"
+                 "-1,0,0,0,100,100,0,0,1,2,1,9,20,20,20,1")
     lines += ["", "[Events]", "Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text"]
+    for m in marks:
+        lines.append(f"Dialogue: 1,{_ass_time(m['start_s'])},{_ass_time(m['end_s'])},segment,{m['kind']},0,0,0,,"
+                     f"[{m['kind']}]")
     for r in rows:
         lines.append(f"Dialogue: 0,{_ass_time(r['start_s'])},{_ass_time(r['end_s'])},{style[r['character']]},"
                      f"{r['tracklet_id']},0,0,0,,{_ass_text(r['character'])}")
@@ -217,7 +231,8 @@ def export_dataset(con, series: str, out: Path, fmt: str = "imagefolder", charac
 
 # -- single-character clips ----------------------------------------------------
 def single_character_shots(con, series: str, character: str | None = None, min_coverage: float = 0.5) -> pa.Table:
-    """Shots with exactly one character on screen, for at least ``min_coverage`` of the shot (talking heads)."""
+    """Shots with exactly one character on screen, for at least ``min_coverage`` of the shot (talking heads);
+    ``segment`` names the opening, ending, recap or preview a shot lies in (empty for the story)."""
     check_names(con, series, character=character)
     params = {"series": series, "cover": float(min_coverage)}
     where = ""
@@ -230,7 +245,10 @@ def single_character_shots(con, series: str, character: str | None = None, min_c
             FROM timeline GROUP BY episode, shot_id, start_s, end_s
             HAVING count(*) = 1 AND max(seconds_in_shot) >= $cover * (end_s - start_s))
         SELECT $series AS series, s.episode, s.shot_id, s.start_s, s.end_s, s.character,
-               sh.start_frame, sh.end_frame
+               sh.start_frame, sh.end_frame,
+               (SELECT string_agg(DISTINCT g.kind, ',') FROM segments g  -- an opening's shot, a recap's, ...
+                WHERE g.series = $series AND g.episode = s.episode AND g.start_s < s.end_s AND g.end_s > s.start_s)
+               AS segment
         FROM single s JOIN shots sh ON sh.series = $series AND sh.episode = s.episode AND sh.shot_id = s.shot_id
         {where}
         ORDER BY s.character, s.episode, s.shot_id""", params=params)

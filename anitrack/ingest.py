@@ -30,6 +30,7 @@ from anitrack.worker import EpisodeSpec, episode_row
 from anitrack.lake import Lake, slug
 from anitrack.shots import model_version as shot_model_version
 from anitrack.stages import STAGE_TABLES, STAGES, needs_frames
+from anitrack.segments import HASH as FRAME_HASH
 from anitrack.video import VIDEO_EXTENSIONS
 
 PIPELINE_VERSION = "1"  # bump when a stage's output for the same input and parameters changes
@@ -84,6 +85,7 @@ def model_ids(config: dict) -> dict[str, str]:
     ids = {"shots": shot_model_version(config["shots"]["backend"]), "detect": detector_id(config)}
     ids["embed"] = embedder_id(config)
     ids["faces"] = face_finder_id(config)
+    ids["hashes"] = FRAME_HASH
     return ids
 
 

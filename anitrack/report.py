@@ -87,7 +87,9 @@ def _colours(names: list[str]) -> dict[str, tuple]:
 # -- sections --------------------------------------------------------------------------------------
 def _screen_section(screen: list[dict]) -> str:
     rows = [[r["character"], f"{r['seconds']:.1f}", f"{100 * r['share']:.1f}%", r["episodes"]] for r in screen]
-    return _section("Screen time", _table(["character", "seconds", "share", "episodes"], rows))
+    return _section("Screen time", _table(["character", "seconds", "share", "episodes"], rows)
+                    + "<p class=sub>Openings, endings, recaps and previews are left out (see the timelines; "
+                      "<code>anitrack segments</code> lists them).</p>")
 
 
 def _timeline_section(con, series: str, out: Path, colours: dict) -> str:
@@ -99,6 +101,7 @@ def _timeline_section(con, series: str, out: Path, colours: dict) -> str:
     spans = _sql(con, "SELECT episode, character, start_s, end_s FROM appearance_spans WHERE series = $s",
                  s=series)
     cuts = _sql(con, "SELECT episode, start_s FROM shots WHERE series = $s AND start_s > 0", s=series)
+    segments = _sql(con, "SELECT episode, kind, start_s, end_s FROM segments WHERE series = $s", s=series)
     names = list(colours)
     parts = []
     for ep in episodes:
@@ -108,6 +111,10 @@ def _timeline_section(con, series: str, out: Path, colours: dict) -> str:
         for c in cuts:
             if c["episode"] == e:
                 ax.axvline(c["start_s"], color="#b8b8b8", lw=0.8, zorder=0)
+        for g in segments:  # openings, endings, recaps, previews: shaded, left out of the screen time above
+            if g["episode"] == e:
+                ax.axvspan(g["start_s"], g["end_s"], color="#ffd9a8", alpha=0.5, zorder=0)
+                ax.text(g["start_s"], -0.45, g["kind"], fontsize=8, va="bottom", color="#8a5a00")
         for i, name in enumerate(names):
             bars = [(s["start_s"], s["end_s"] - s["start_s"]) for s in spans
                     if s["episode"] == e and s["character"] == name]
@@ -115,7 +122,7 @@ def _timeline_section(con, series: str, out: Path, colours: dict) -> str:
         ax.set_yticks(range(len(names)), names)
         ax.set_ylim(len(names) - 0.5, -0.5)
         ax.set_xlim(0, length)
-        ax.set_xlabel("seconds (grey lines: shot boundaries)")
+        ax.set_xlabel("seconds (grey lines: shot boundaries; shaded: openings, endings, recaps, previews)")
         n_shots = sum(c["episode"] == e for c in cuts) + 1
         ax.set_title(f"{e}: {length:.1f} s, {n_shots} shots", loc="left")
         ax.grid(axis="x", alpha=0.2)

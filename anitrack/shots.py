@@ -31,6 +31,8 @@ from typing import Callable, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from anitrack.segments import frame_hash
+
 DEFAULT_MIN_SHOT_FRAMES = 4
 
 # TransNetV2's reference `predict_frames` geometry: windows of 100 frames, step 50,
@@ -366,10 +368,12 @@ class FrameChange:
         self.span: list[float] = []  # span[t]: change from frame t-_SPAN-1 to t+_SPAN
         self.blend: list[float] = []  # blend[t]: how far frame t is from the mean of those two
         self.palette: list[float] = [0.0]  # palette[t]: share of pixels whose colour bin differs from t-1's
+        self.hashes: list[int] = []  # hashes[t]: frame t's difference hash (the segments stage's fingerprint)
         self._recent: list[np.ndarray] = []  # the last 2 * _SPAN + 2 tiny frames, float32
         self._colours: np.ndarray | None = None  # the last frame's 4x4x4-bin colour histogram
 
     def push(self, tiny: np.ndarray) -> None:
+        self.hashes.append(frame_hash(tiny))
         f = tiny.astype(np.float32)
         bins = (tiny >> 6).astype(np.int32)
         colours = np.bincount((bins[..., 0] * 16 + bins[..., 1] * 4 + bins[..., 2]).ravel(), minlength=64) / bins[..., 0].size

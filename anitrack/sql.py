@@ -56,23 +56,49 @@ IDENTITY_VIEWS = [
            SELECT series, episode, character, min(start_s) AS s, max(end_s) AS e
            FROM grouped GROUP BY series, episode, character, island)
        SELECT series, episode, character, s AS start_s, e AS end_s FROM islands""",
-    # seconds on screen: overlapping appearances of one character count once; confidence: how sure the
-    # name is (the lowest of its clusters' shares of tracklets backing it; 1 for a user's label)
-    """CREATE VIEW screen_time AS
+    # seconds on screen over everything, openings and endings included: overlapping appearances of one
+    # character count once; confidence: how sure the name is (the lowest of its clusters' shares of
+    # tracklets backing it; 1 for a user's label)
+    """CREATE VIEW screen_time_all AS
        SELECT s.series, s.episode, s.character, sum(s.end_s - s.start_s) AS seconds, any_value(c.confidence)
               AS confidence
        FROM appearance_spans s LEFT JOIN (SELECT series, character, min(confidence) AS confidence
                                           FROM characters GROUP BY ALL) c USING (series, character)
        GROUP BY ALL""",
+    # the seconds of each span inside the segments left out of screen time (an episode's segments are
+    # disjoint); {counted}: the segment kinds that count as story after all
+    """CREATE VIEW appearance_excluded AS
+       SELECT s.series, s.episode, s.character, s.start_s, s.end_s,
+              coalesce(sum(CASE WHEN g.kind IS NULL THEN 0.0  -- least/greatest skip NULLs: no segment, nothing out
+                                ELSE greatest(0.0, least(s.end_s, g.end_s) - greatest(s.start_s, g.start_s)) END),
+                       0.0) AS excluded_s
+       FROM appearance_spans s LEFT JOIN segments g
+            ON g.series = s.series AND g.episode = s.episode AND g.start_s < s.end_s AND g.end_s > s.start_s
+               AND NOT list_contains({counted}::VARCHAR[], g.kind)
+       GROUP BY ALL""",
+    # what screen-time answers by default: the story's seconds, openings, endings, recaps, previews and
+    # other repeated footage left out (``excluded_s`` says how many seconds were)
+    """CREATE VIEW screen_time AS
+       SELECT x.series, x.episode, x.character, sum(x.end_s - x.start_s - x.excluded_s) AS seconds,
+              sum(x.excluded_s) AS excluded_s, any_value(c.confidence) AS confidence
+       FROM appearance_excluded x LEFT JOIN (SELECT series, character, min(confidence) AS confidence
+                                             FROM characters GROUP BY ALL) c USING (series, character)
+       GROUP BY ALL""",
 ]
 
 
-def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2, run: str | None = None
-            ) -> duckdb.DuckDBPyConnection:
+def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2, run: str | None = None,
+            include: tuple[str, ...] = ()) -> duckdb.DuckDBPyConnection:
     """A locked-down connection whose views show the lake's committed partitions.
 
     ``run``: the identity views show that identity run instead of each series' current one
-    (compare results before and after a backfill)."""
+    (compare results before and after a backfill). ``include``: segment kinds (opening, ending, recap,
+    preview, repeat) whose seconds ``screen_time`` counts; by default it counts none of them."""
+    from anitrack.segments import KINDS
+
+    unknown = [k for k in include if k not in KINDS]
+    if unknown:
+        raise QueryError(f"unknown segment kind {unknown[0]!r}; kinds: {', '.join(KINDS)}")
     con = duckdb.connect(":memory:", config={"threads": threads, "memory_limit": memory_limit,
                                               "autoinstall_known_extensions": False,
                                               "autoload_known_extensions": False,
@@ -94,8 +120,9 @@ def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2, run: str | 
             raise QueryError(f"no identity run {run!r} in the lake (runs: {', '.join(known) or 'none'})")
         con.execute("CREATE VIEW current_runs AS SELECT DISTINCT series, run_id FROM identity_runs_all "
                     "WHERE run_id = '" + run.replace("'", "''") + "'")
+    counted = "[" + ", ".join(f"'{k}'" for k in include) + "]"  # names checked against KINDS above
     for statement in IDENTITY_VIEWS[0 if run is None else 1:]:  # the first defines current_runs
-        con.execute(statement)
+        con.execute(statement.replace("{counted}", counted))
     con.execute("SET allowed_directories = [?]", [lake.full_url(lake.root).rstrip("/") + "/"])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

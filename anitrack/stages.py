@@ -27,6 +27,10 @@ STAGES = (
     Stage("tracklets", "track", ("shots", "detections"), None, True),
     Stage("crops", "crops", ("tracklets",), "faces", True, added=(("select", "even"),)),  # person-first: the finder that cuts the faces
     Stage("embeddings", "embed", ("crops",), "embed", False, ("batch",)),
+    # the video fingerprint the segments step matches across episodes: what it writes depends on the
+    # content only (its thresholds are the series step's, see anitrack.segments)
+    Stage("frame_hashes", "segments", (), "hashes", True,
+          ("min_seconds", "max_bits", "gap_frames", "opening_within", "ending_within")),
 )
 STAGE_TABLES = tuple(s.table for s in STAGES)
 BY_TABLE = {s.table: s for s in STAGES}

@@ -694,6 +694,17 @@ def _weighted_pick(rng, pool, k, weights, never, chosen=()):
     return chosen
 
 
+def _moved(item, shift: int, caption: str | None):
+    i, frame, boxes = item
+    if caption:
+        lines = caption.splitlines()
+        for k, line in enumerate(lines):
+            y = frame.shape[0] - 18 - 22 * (len(lines) - 1 - k)
+            cv2.putText(frame, line, (24, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
+            cv2.putText(frame, line, (24, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    return i + shift, frame, boxes
+
+
 class _Episode:
     """Plan of one episode; rendering and truth both read the same per-frame arrays."""
 
@@ -863,40 +874,47 @@ class _Episode:
                 shot.actors[0].name, shot.actors[0].design = name, self.cast[name]
 
     # -- truth --------------------------------------------------------------------------------
-    def appearances(self):
+    def appearances(self, shots=None, shift: int = 0):
+        """Runs of frames each person's face is on screen (of ``shots``, moved by ``shift`` frames)."""
         out = []
-        for s in self.shots:
+        for s in self.shots if shots is None else shots:
             for a in s.actors:
                 vis = a.visible(self.width)
                 if not vis.any():
                     continue
                 edges = np.flatnonzero(np.diff(np.concatenate([[0], vis.astype(np.int8), [0]])))
                 for b, e in zip(edges[::2], edges[1::2]):
-                    out.append({"character": a.name, "start_frame": s.start + int(b), "end_frame": s.start + int(e)})
+                    out.append({"character": a.name, "start_frame": s.start + shift + int(b),
+                                "end_frame": s.start + shift + int(e)})
         out.sort(key=lambda r: (r["start_frame"], r["end_frame"], r["character"]))
         return out
 
     # -- rendering ----------------------------------------------------------------------------
-    def frames(self):
+    def frames(self, shots=None, shift: int = 0, caption: str | None = None):
         """Yield (frame_index, RGB uint8 frame, [(name, x, y, w, h) visible face boxes]).
 
+        ``shots``: a run of this episode's shots (default all), its frames moved by ``shift``; the run's
+        first shot begins with a cut. ``caption``: text drawn over the bottom of every frame (credits).
         The frames either side of a fade or dissolve are held back until both sides are drawn.
         """
+        shots = self.shots if shots is None else shots
         held: list = []
-        for k, s in enumerate(self.shots):
-            hold = self.shots[k + 1].half if k + 1 < len(self.shots) else 0
+        for k, s in enumerate(shots):
+            hold = shots[k + 1].half if k + 1 < len(shots) else 0
             mine = self._shot_frames(s)
-            if s.half:
+            if s.half and k:
                 head = [next(mine) for _ in range(s.half)]
                 _blend_transition(s.transition, s.half, held, head)
                 mine = itertools.chain(head, mine)
-            yield from held
+            for item in held:
+                yield _moved(item, shift, caption)
             held = []
             for item in mine:
                 held.append(item)
                 if len(held) > hold:
-                    yield held.pop(0)
-        yield from held
+                    yield _moved(held.pop(0), shift, caption)
+        for item in held:
+            yield _moved(item, shift, caption)
 
     def _shot_frames(self, s):
         W, H = self.width, self.height
@@ -1096,8 +1114,60 @@ def write_references(out_dir: Path, cast: list[Design], seed: int, extras: bool,
     return ref
 
 
+# seconds of each repeated part in a series drawn with ``segments`` (tests keep episodes short; real
+# openings run 15 s to 2 min)
+SEGMENT_SECONDS = {"opening": 10.0, "ending": 8.0, "recap": 5.0, "preview": 5.0, "cold_open": 3.0}
+
+
+def _run_of(shots: list, frames: int, rng: np.random.Generator, first: bool = False) -> list:
+    """Consecutive whole shots lasting at least ``frames`` (from the start when ``first``)."""
+    ends = np.cumsum([s.end - s.start for s in shots])
+    starts = [0] if first else [i for i in range(len(shots)) if ends[-1] - (ends[i - 1] if i else 0) >= frames]
+    i = int(starts[int(rng.integers(len(starts)))]) if starts else 0
+    run = []
+    for shot in shots[i:]:
+        run.append(shot)
+        if sum(x.end - x.start for x in run) >= frames:
+            break
+    return run
+
+
+def _pieces(e: int, eps: list, op, ed, seed: int, fps: float) -> list:
+    """What episode ``e`` is made of, in order: (segment kind or None, source episode, its shots, caption).
+
+    Every episode: the opening and the ending (the same shots, credits that change per episode). Odd
+    episodes open cold (the story's first shots before the opening); from the third, even episodes begin
+    with a recap of the previous episode and even episodes before the last end with a preview of the next.
+    Recaps and previews show footage that plays uninterrupted in its own episode (after its cold open).
+    """
+    frames = {k: int(round(v * fps)) for k, v in SEGMENT_SECONDS.items()}
+
+    def cold(j: int) -> list:
+        shots = eps[j][1].shots
+        return _run_of(shots, frames["cold_open"], np.random.default_rng([seed, 709, j, 0]), first=True) \
+            if j % 2 == 1 else []
+
+    def story(j: int, kind: str, stream: int) -> list:
+        shots = eps[j][1].shots[len(cold(j)):] or eps[j][1].shots
+        return _run_of(shots, frames[kind], np.random.default_rng([seed, 709, e, stream]))
+
+    main = eps[e][1]
+    pieces = []
+    if e >= 2 and e % 2 == 0:
+        pieces.append(("recap", eps[e - 1][1], story(e - 1, "recap", 1), None))
+    opening = cold(e)
+    if opening:
+        pieces.append((None, main, opening, None))
+    credits = f"EPISODE {e + 1:02d}\nSCRIPT  {'ABCDEFGH'[e % 8]}. {('Sato', 'Ito', 'Mori', 'Abe', 'Ono')[e % 5]}"
+    pieces += [("opening", op, op.shots, None), (None, main, main.shots[len(opening):], None),
+               ("ending", ed, ed.shots, credits)]
+    if e % 2 == 0 and e + 1 < len(eps):
+        pieces.append(("preview", eps[e + 1][1], story(e + 1, "preview", 2), None))
+    return [p for p in pieces if p[2]]
+
+
 def _plan_series(series, episodes, characters, seconds, seed, fps, width, height, lookalikes, grading,
-                 mean_shot_seconds, cast_overlap, extras, transitions) -> dict:
+                 mean_shot_seconds, cast_overlap, extras, transitions, segments=False) -> dict:
     """Everything random about a series, decided up front from the seed (no pixels yet)."""
     rate = Fraction(fps).limit_denominator(1001)
     n_frames = max(8, int(round(seconds * float(rate))))
@@ -1116,26 +1186,50 @@ def _plan_series(series, episodes, characters, seconds, seed, fps, width, height
     for e in range(episodes):
         stem = f"episode_{e + 1:02d}"
         rng = np.random.default_rng([seed, 505, e])
-        ep = _Episode(rng, cast, [names[i] for i in casts[e]], n_frames, float(rate), width, height, grading,
-                      mean_shot_seconds, extras, never, together,
-                      (np.random.default_rng([seed, 606, e]), transitions))
-        apps = ep.appearances()
+        eps.append((stem, _Episode(rng, cast, [names[i] for i in casts[e]], n_frames, float(rate), width, height,
+                                   grading, mean_shot_seconds, extras, never, together,
+                                   (np.random.default_rng([seed, 606, e]), transitions))))
+    if segments:  # the opening and ending: one plan each, every character, played in every episode
+        op, ed = (_Episode(np.random.default_rng([seed, 707 + k]), cast, names, int(round(SEGMENT_SECONDS[kind]
+                           * float(rate))), float(rate), width, height, grading, mean_shot_seconds, False, never,
+                           None) for k, kind in enumerate(("opening", "ending")))
+    renders = []
+    for e, (stem, ep) in enumerate(eps):
+        pieces = _pieces(e, eps, op, ed, seed, float(rate)) if segments else [(None, ep, ep.shots, None)]
+        shots, apps, parts, frames, at = [], [], [], [], 0
+        for kind, source, run, caption in pieces:
+            shift = at - run[0].start
+            for k, s in enumerate(run):
+                how = s.transition if (k or not segments) else ("none" if at == 0 else "cut")
+                shots.append({"start_frame": s.start + shift, "end_frame": s.end + shift, "transition": how})
+            apps += source.appearances(run, shift)
+            length = run[-1].end - run[0].start
+            if kind is not None:
+                parts.append({"kind": kind, "start_frame": at, "end_frame": at + length,
+                              "start_s": round(at / float(rate), 6), "end_s": round((at + length) / float(rate), 6),
+                              "source": next(st for st, x in eps if x is source) if kind in ("recap", "preview")
+                              else None})
+            frames.append((source, run, shift, caption))
+            at += length
+        apps.sort(key=lambda r: (r["start_frame"], r["end_frame"], r["character"]))
         screen = {}
         for name in names:
             ivs = [(a["start_frame"], a["end_frame"]) for a in apps if a["character"] == name]
             screen[name] = round(union_length(ivs) / float(rate), 6)
-        truth["episodes"].append({
-            "episode": stem, "file": f"{stem}.mp4", "n_frames": n_frames,
-            "shots": [{"start_frame": s.start, "end_frame": s.end, "transition": s.transition} for s in ep.shots],
-            "appearances": apps, "screen_time_s": screen})
-        eps.append((stem, ep))
-    return {"rate": rate, "designs": designs, "truth": truth, "episodes": eps}
+        entry = {"episode": stem, "file": f"{stem}.mp4", "n_frames": at, "shots": shots, "appearances": apps,
+                 "screen_time_s": screen}
+        if segments:
+            entry["segments"] = parts
+        truth["episodes"].append(entry)
+        renders.append((stem, frames))
+    return {"rate": rate, "designs": designs, "truth": truth, "episodes": renders}
 
 
 def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int = 3, characters: int = 5,
                       seconds: float = 90.0, seed: int = 7, fps: float = 24.0, width: int = 854, height: int = 480,
                       lookalikes: int = 1, grading: float = 0.5, mean_shot_seconds: float = 3.0,
-                      cast_overlap: float = 0.6, extras: bool = True, transitions: float = 0.0) -> Path:
+                      cast_overlap: float = 0.6, extras: bool = True, transitions: float = 0.0,
+                      segments: bool = False) -> Path:
     """Render a synthetic series and its ground truth; returns <out_dir>/<series>.
 
     Writes ``<series>/episode_NN.mp4``, ``<series>/truth.json``, ``<series>/face_boxes.csv``
@@ -1151,7 +1245,9 @@ def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int 
                        "shots": [{"start_frame", "end_frame",         # end exclusive, contiguous, cover all frames
                                   "transition"}],   # how it begins: none (first), cut, fade or dissolve
                        "appearances": [{"character", "start_frame", "end_frame"}],
-                       "screen_time_s": {name: seconds}}]}
+                       "screen_time_s": {name: seconds},
+                       "segments": [{"kind", "start_frame", "end_frame", "start_s", "end_s",  # only with segments
+                                     "source"}]}]}          # the episode a recap or preview shows
 
     Appearances are the maximal runs of frames in which a person's face-box centre is
     inside the frame; they never cross a shot boundary (a fade or dissolve of ``2 * half`` frames is
@@ -1164,6 +1260,11 @@ def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int 
     intervals divided by fps.  face_boxes.csv has one row per visible face per frame:
     ``episode,frame,character,x,y,w,h`` (the skin face region, forehead to chin,
     clipped to the frame).  Rows only for frames where the person is on screen.
+
+    ``segments``: every episode also plays the same opening and ending (the ending's credits change per
+    episode), odd episodes open cold before the opening, and recaps and previews repeat other episodes'
+    shots (see ``_pieces``); episodes are then longer than ``seconds`` by those parts, and the main story
+    is exactly what the same seed renders without them.
     """
     if width % 2 or height % 2:
         raise ValueError("width and height must be even for yuv420p")
@@ -1173,17 +1274,19 @@ def synthesize_series(out_dir: str | Path, series: str = "synth", episodes: int 
     folder = out_dir / series
     folder.mkdir(parents=True, exist_ok=True)
     plan = _plan_series(series, episodes, characters, seconds, seed, fps, width, height, lookalikes, grading,
-                        mean_shot_seconds, cast_overlap, extras, transitions)
+                        mean_shot_seconds, cast_overlap, extras, transitions, segments)
     truth, rate = plan["truth"], plan["rate"]
     write_references(out_dir, plan["designs"], seed, extras)
     with open(folder / "face_boxes.csv", "w", newline="\n") as boxes_file:
         boxes_file.write("episode,frame,character,x,y,w,h\n")
-        for stem, ep in plan["episodes"]:
+        for stem, pieces in plan["episodes"]:
 
             def on_frame(i, boxes, stem=stem):
                 for name, x, y, w, h in boxes:
                     boxes_file.write(f"{stem},{i},{name},{x},{y},{w},{h}\n")
 
-            _encode(folder / f"{stem}.mp4", ep.frames(), rate, width, height, on_frame)
+            frames = itertools.chain.from_iterable(source.frames(run, shift, caption)
+                                                   for source, run, shift, caption in pieces)
+            _encode(folder / f"{stem}.mp4", frames, rate, width, height, on_frame)
     (folder / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
     return folder

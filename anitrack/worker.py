@@ -111,6 +111,9 @@ def run_episode(job: dict, progress=None, cached: bool = False) -> dict:
     if not needs_frames(stale) and previous and previous[0]["status"] == "ok" \
             and previous[0]["content_hash"] == job["content_hash"]:  # nothing upstream of the vectors changed
         return _reembed(job, spec, lake, stale, previous[0])
+    if stale == ["frame_hashes"] and previous and previous[0]["status"] == "ok" \
+            and previous[0]["content_hash"] == job["content_hash"]:  # a lake from before the segments stage
+        return _hash_only(job, spec, lake, previous[0], progress)
     info = probe(job["video"])
     total = info.n_frames or int(info.duration_s * info.fps) or 0
     started_at = utc_now()
@@ -175,6 +178,39 @@ def _reembed(job: dict, spec, lake, stale: list[str], previous: dict) -> dict:
     lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
     return {"status": "ok", "error": None, "frames": row["n_frames"], "duration_s": row["duration_s"],
             "shots": rows["shots"], "tracklets": rows["tracklets"], "crops": rows["crops"], "frames_decoded": 0}
+
+
+def _hash_only(job: dict, spec, lake, previous: dict, progress=None) -> dict:
+    """Decode once for the video fingerprint alone; every other stage stays as it was committed."""
+    import pyarrow as pa
+
+    from anitrack.episode import hash_row
+    from anitrack.lake import conform
+    from anitrack.schemas.tables import TABLES
+    from anitrack.segments import HASH, frame_hash
+    from anitrack.shots import tiny_frame
+    from anitrack.video import iter_frames
+
+    keys = {"series": spec.series, "episode": spec.episode}
+    prints = job["fingerprints"]
+    started_at, t = utc_now(), time.perf_counter()
+    hashes = []
+    for frame in iter_frames(job["video"]):
+        hashes.append(frame_hash(tiny_frame(frame.rgb)))
+        if progress and frame.index % 50 == 0:
+            progress(frame.index, previous["n_frames"] or 0)
+    seconds = time.perf_counter() - t
+    table = conform("frame_hashes", pa.Table.from_pylist(
+        [hash_row(spec.series, spec.episode, previous["fps"] or 24.0, hashes)], schema=TABLES["frame_hashes"]))
+    lake.commit("frame_hashes", table, fingerprint=prints["frame_hashes"], run_id=spec.run_id, **keys)
+    rows = {t: (lake.read_commit(lake.partition(t, **keys)) or {}).get("rows", 0) for t in STAGE_TABLES}
+    timing = {s.table: (0.0, 0, rows[s.table]) for s in STAGES}
+    _record(lake, job, spec, keys, ["frame_hashes"], timing, (seconds, len(hashes)), {"hashes": HASH}, started_at)
+    row = dict(previous, uri=spec.uri, profile=spec.profile, ingested_at=utc_now())
+    lake.commit("episodes", pa.Table.from_pylist([row]), fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
+    return {"status": "ok", "error": None, "frames": row["n_frames"], "duration_s": row["duration_s"],
+            "shots": rows["shots"], "tracklets": rows["tracklets"], "crops": rows["crops"],
+            "frames_decoded": len(hashes)}
 
 
 def _record(lake, job, spec, keys, stale, timing, decode, models, started_at) -> None:

@@ -15,6 +15,7 @@ from anitrack.lake import Lake
 from anitrack.flows import artifact_key
 from anitrack.flows.executor import episode_workers, map_episodes, series_lock
 from anitrack.tasks.identify import identify_task
+from anitrack.tasks.ingest import segments_task
 
 
 @flow(name="backfill", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
@@ -30,11 +31,12 @@ def backfill_series(lake: str, series: str, sets: list[str], episodes: str | Non
         rows = plan.rows()
         create_table_artifact(key=artifact_key("backfill", series),
                               table=rows, description=f"backfill plan of {series}: {' '.join(sets)}")
-        if dry_run or not plan.identity:
+        if dry_run or not plan.todo:
             logger.info("backfill of %s: %s", series, "dry run" if dry_run else "nothing to do")
             return {"plan": rows, "run_id": None, "episodes": [], "identity": None, "frames_decoded": 0}
         _, threads = episode_workers(len(plan.recompute), parallel)
         results = map_episodes(backfill.episode_specs(plan, threads, device)) if plan.recompute else []
+        segments_task(lake, series, {"segments": plan.segments_config}, plan.run_id)  # reused when unchanged
         summary = None
         if backfill.needs_identity(plan, results):
             summary = identify_task(lake, series, plan.identity_config, full=plan.full, run_id=plan.run_id)

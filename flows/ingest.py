@@ -15,7 +15,7 @@ from anitrack.lake import Lake, new_run_id
 from anitrack.flows import artifact_key
 from anitrack.flows.executor import episode_workers, map_episodes, series_lock
 from anitrack.tasks.identify import identify_task
-from anitrack.tasks.ingest import discover_episodes
+from anitrack.tasks.ingest import discover_episodes, segments_task
 
 
 def ingest_episodes(source: str, lake: str, series: str, config: dict, profile: str, parallel: int, device: str,
@@ -40,6 +40,8 @@ def ingest_episodes(source: str, lake: str, series: str, config: dict, profile: 
         raise ValueError("two source files map to the same episode name: " + ", ".join(sorted(names)))
     logger.info("ingesting %d episodes of %s, %d at a time", len(specs), series, workers)
     results = map_episodes(specs)
+    if any(r["status"] != "failed" for r in results):
+        segments_task(lake, series, config, run_id)
     create_table_artifact(
         key=artifact_key("ingest", series),
         table=[{k: r.get(k) for k in ("episode", "status", "frames", "shots", "tracklets", "crops", "seconds",

@@ -96,6 +96,36 @@ EMBEDDINGS = pa.schema(_PART + [
     pa.field("vector", pa.list_(pa.float32()), nullable=False),
 ])
 
+# the video fingerprint of an episode, from the decode that ingestion does anyway: one row per episode
+FRAME_HASHES = pa.schema(_PART + [
+    pa.field("method", pa.string()),  # how the hashes were made (anitrack.segments.HASH)
+    pa.field("fps", pa.float64()),
+    pa.field("n_frames", pa.int64()),
+    pa.field("hashes", pa.list_(pa.uint64())),  # per frame; 0: a flat frame (no evidence)
+])
+
+# openings, endings, recaps, previews and other repeats, found across the series' episodes
+SEGMENTS = pa.schema(_PART + [
+    pa.field("kind", pa.string(), nullable=False),  # opening | ending | recap | preview | repeat
+    pa.field("start_frame", pa.int64(), nullable=False),
+    pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("matched_in", pa.list_(pa.string())),  # the other episodes that show the same footage
+    pa.field("score", pa.float64()),  # share of the stretch's frames that agree with the other episodes
+    pa.field("source", pa.string()),  # found | label (a user's correction)
+])
+
+# a user's corrections of segments (``anitrack segments --mark``): kept per series, applied on every run
+SEGMENT_LABELS = pa.schema([
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("episode", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # a segment kind, or "none": no segment here
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+])
+
 STAGE_RUNS = pa.schema(_PART + [
     pa.field("run_id", pa.string()),
     pa.field("stage", pa.string(), nullable=False),
@@ -236,6 +266,9 @@ TABLES: dict[str, pa.Schema] = {
     "tracklets": TRACKLETS,
     "crops": CROPS,
     "embeddings": EMBEDDINGS,
+    "frame_hashes": FRAME_HASHES,
+    "segments": SEGMENTS,
+    "segment_labels": SEGMENT_LABELS,
     "stage_runs": STAGE_RUNS,
     "references": REFERENCES,
     "clusters": CLUSTERS,
@@ -257,6 +290,7 @@ for _name in IDENTITY_TABLES:
     PARTITIONS[_name] = ("series", "run")
 PARTITIONS["labels"] = ("series",)
 PARTITIONS["unknown_registry"] = ("series",)
+PARTITIONS["segment_labels"] = ("series",)
 
 
 def with_version(schema: pa.Schema) -> pa.Schema:

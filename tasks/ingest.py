@@ -5,6 +5,8 @@ from prefect import get_run_logger, task
 
 from anitrack import progress
 from anitrack.ingest import discover, ingest_episode
+from anitrack.lake import Lake
+from anitrack.segments import segment_series
 from anitrack.worker import EpisodeSpec
 
 
@@ -44,3 +46,15 @@ def _transient(state) -> bool:
     return False
 
 
+@task(name="find-segments", task_run_name="segments-{series}")
+def segments_task(lake: str, series: str, config: dict, run_id: str = "") -> dict:
+    """Openings, endings, recaps and previews of the whole series, from the stored hashes (no decoding)."""
+    summary = segment_series(Lake(lake), series, config, run_id)
+    logger = get_run_logger()
+    if summary["alone"]:
+        logger.info("segments of %s: one episode only, nothing to compare it with; no segment found", series)
+    elif summary["reused"]:
+        logger.info("segments of %s: unchanged (%d episodes)", series, summary["episodes"])
+    else:
+        logger.info("segments of %s: %d found in %d episodes", series, summary["segments"], summary["episodes"])
+    return summary

@@ -267,6 +267,11 @@ def test_real_onepiece_cut_and_faces(tmp_path):
     run_cli("ingest", str(clip), "--lake", str(lake), "--series", "onepiece", check=True)
     shots = q(lake, "SELECT start_frame FROM shots ORDER BY 1")
     assert [r["start_frame"] for r in shots] == [0, 100]
+    # an episode alone: nothing to compare it with, so no opening is guessed, and the command says why
+    assert q(lake, "SELECT n_frames, len(hashes) AS n FROM frame_hashes") == [{"n_frames": 181, "n": 181}]
+    segments = run_cli("segments", "--lake", str(lake), "--series", "onepiece", check=True)
+    assert "no other episode to compare it with" in segments.stderr
+    assert q(lake, "SELECT count(*) AS n FROM segments")[0]["n"] == 0
     assert q(lake, "SELECT count(*) AS n FROM detections WHERE frame < 100")[0]["n"] >= 1  # Luffy in shot 1
 
 

@@ -61,14 +61,20 @@ def _query_command(name: str):
                     None, min=0.0, max=1.0, help="Only names at least this sure (screen-time queries)."),
                 fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet (parquet needs --out)."),
                 out: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file."),
-                force: bool = typer.Option(False, "--force", help="Replace an existing --out file.")):
+                force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+                include: str = typer.Option("", help="Count these segments as screen time after all: openings,"
+                                                     "endings,recaps,previews,repeats (default: none of them).")):
         from anitrack.queries import QUERIES, run_named
         from anitrack.sql import QueryError, connect
 
         check_out(fmt, out, force)
         if "character" in QUERIES[name].params and character is None:
             raise UsageError(f"{name} needs --character")
-        con = connect(open_lake(lake, create=False))
+        kinds = tuple(k.strip().removesuffix("s") for k in include.split(",") if k.strip())
+        try:
+            con = connect(open_lake(lake, create=False), include=kinds)
+        except QueryError as exc:
+            raise UsageError(str(exc)) from None
         try:
             table = run_named(con, name, series=series, episode=episode, character=character,
                               min_confidence=min_confidence)

@@ -33,6 +33,8 @@ def synth(out: Path = typer.Argument(..., help="Folder to write the series and i
           transitions: float = typer.Option(0.3, min=0.0, max=1.0,
                                             help="Share of scene changes drawn as a fade or a dissolve."),
           width: int = typer.Option(854), height: int = typer.Option(480),
+          segments: bool = typer.Option(False, "--segments", help="Every episode also plays an opening and an "
+                                        "ending; some open cold, recap the last episode or preview the next."),
           drawings: Optional[Path] = typer.Option(
               None, help="Make the shots from these labelled drawings instead (a folder per character): "
                          "measure naming on your own art."),
@@ -57,7 +59,7 @@ def synth(out: Path = typer.Argument(..., help="Folder to write the series and i
 
     folder = synthesize_series(out, series=series, episodes=episodes, characters=characters, seconds=seconds,
                                seed=seed, lookalikes=lookalikes, grading=grading, mean_shot_seconds=shot_seconds,
-                               width=width, height=height, transitions=transitions)
+                               width=width, height=height, transitions=transitions, segments=segments)
     print(folder)
 
 
@@ -247,7 +249,7 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
             plan = make_plan(lk, series, set_, episodes)
             print_table(pa.Table.from_pylist(plan.rows()), fmt)
             sys.stdout.flush()
-            if not plan.identity:
+            if not plan.todo:
                 err("nothing to do: every partition already matches these parameters")
                 return
             err(f"plan: {len(plan.recompute)} of {plan.n_episodes} episodes recomputed, "
@@ -269,6 +271,59 @@ def backfill(lake: str = typer.Option(..., help="Lake folder or URL."),
          f"{result['frames_decoded']} frames decoded in {result['seconds']:.1f} s")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def segments(lake: str = typer.Option(..., help="Lake folder or URL."),
+             series: str = typer.Option(..., help="Series whose segments to list or correct."),
+             episode: Optional[str] = typer.Option(None, help="Only this episode (with --mark: the episode)."),
+             mark: Optional[str] = typer.Option(None, help="Correct: opening, ending, recap, preview, repeat, or "
+                                                          "none (not a segment) from --start to --end seconds."),
+             start: Optional[float] = typer.Option(None, min=0.0), end: Optional[float] = typer.Option(None, min=0.0),
+             fmt: str = typer.Option("table", "--format", help="table, csv or json.")):
+    """List the openings, endings, recaps and previews found across the series (left out of screen time), or
+    correct one; a correction is kept and applied again by every later run."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from anitrack.schemas.tables import TABLES
+    from anitrack.segments import KINDS, segment_series, segments_config
+
+    check_format(fmt)
+    lk = open_lake(lake, create=False)
+    if series not in lk.series():
+        raise Failure(f"series {series!r} is not in the lake (series: {', '.join(lk.series()) or 'none'})")
+    episodes = {r["episode"] for r in lk.read("episodes", series).to_pylist() if r["status"] == "ok"}
+    if episode is not None and episode not in episodes:
+        raise UsageError(f"--episode: no episode {episode!r} in series {series} (episodes: "
+                         f"{', '.join(sorted(episodes)) or 'none'})")
+    if mark is not None:
+        if mark not in (*KINDS, "none"):
+            raise UsageError(f"--mark: choose from {', '.join((*KINDS, 'none'))}, got {mark!r}")
+        if episode is None or start is None or end is None or end <= start:
+            raise UsageError("--mark needs --episode, --start and --end (end after start), in seconds")
+        from anitrack.flows.executor import series_lock
+
+        with busy_is_one_line(), series_lock(lake, series, "segments"):
+            labels = lk.read("segment_labels", series).to_pylist()
+            labels.append({"series": series, "episode": episode, "kind": mark, "start_s": start, "end_s": end,
+                           "created_at": dt.datetime.now(dt.timezone.utc)})
+            lk.commit("segment_labels", pa.Table.from_pylist(labels, schema=TABLES["segment_labels"]), series=series)
+            segment_series(lk, series, {"segments": segments_config(lk, series)})
+    rows = [r for r in lk.read("segments", series).to_pylist() if episode is None or r["episode"] == episode]
+    runs_ = [r for r in lk.read("stage_runs", series).to_pylist() if r["stage"] == "segments"]
+    if len(episodes) == 1 or runs_ and all('"compared_with":0' in (r["parameters"] or "") for r in runs_):
+        err(f"series {series} has one episode: there is no other episode to compare it with, so no segment "
+            "can be found yet")
+    rows.sort(key=lambda r: (r["episode"], r["start_s"]))
+    columns = {"episode": [r["episode"] for r in rows], "kind": [r["kind"] for r in rows],
+               "start_s": [round(r["start_s"], 2) for r in rows], "end_s": [round(r["end_s"], 2) for r in rows],
+               "seconds": [round(r["end_s"] - r["start_s"], 2) for r in rows],
+               "matched_in": [",".join(r["matched_in"] or []) for r in rows], "score": [r["score"] for r in rows],
+               "source": [r["source"] for r in rows]}
+    print_table(pa.table({k: pa.array(v, pa.float64() if k in ("start_s", "end_s", "seconds", "score")
+                                       else pa.string()) for k, v in columns.items()}), fmt)
 
 
 @app.command()
