@@ -131,8 +131,9 @@ def subtitles(con, series: str, episode: str, fmt: str = "ass") -> str:
         bgr = rgb[4:6] + rgb[2:4] + rgb[0:2]
         lines.append(f"Style: {style[n]},Arial,{fontsize},&H00{bgr},&H000000FF,&H00101010,&H80000000,"
                      "-1,0,0,0,100,100,0,0,1,2,1,7,20,20,20,1")
-    lines.append(f"Style: segment,Arial,{fontsize},&H00A8D9FF,&H000000FF,&H00101010,&H80000000,"
-                 "-1,0,0,0,100,100,0,0,1,2,1,9,20,20,20,1")
+    if marks:
+        lines.append(f"Style: segment,Arial,{fontsize},&H00A8D9FF,&H000000FF,&H00101010,&H80000000,"
+                     "-1,0,0,0,100,100,0,0,1,2,1,9,20,20,20,1")
     lines += ["", "[Events]", "Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text"]
     for m in marks:
         lines.append(f"Dialogue: 1,{_ass_time(m['start_s'])},{_ass_time(m['end_s'])},segment,{m['kind']},0,0,0,,"
