@@ -134,22 +134,21 @@ def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | Non
             return _failed(lake, spec, digest, size, f"source {spec.uri} changed since it was ingested "
                            f"(ingest it again instead of a backfill)", started, record)
     prints = fingerprints(digest, spec.config, models)
-    note = None
+    note, shown = None, spec.episode
     if record:
         twin = _same_content(lake, spec, digest)
         if twin is not None:  # already ingested under another name: keep that episode, do not duplicate it
             note = f"renamed from {twin['episode']}"
-            shown = spec.episode
             spec = EpisodeSpec(**dict(asdict(spec), episode=twin["episode"]))
             keys["episode"] = twin["episode"]
-            if lake.fingerprint("episodes", **keys) == prints["episodes"]:
-                if twin["uri"] != spec.uri:  # backfills read the source from here
-                    lake.commit("episodes", pa.Table.from_pylist([dict(twin, uri=spec.uri)]),
-                                fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
-                return {"episode": shown, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri,
-                        "note": note}
     if lake.fingerprint("episodes", **keys) == prints["episodes"]:
-        return {"episode": spec.episode, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri}
+        if record:  # a renamed or moved file: backfills read the source from where it is now
+            [row] = lake.read("episodes", spec.series, episode=keys["episode"]).to_pylist()
+            if row["uri"] != spec.uri:
+                lake.commit("episodes", pa.Table.from_pylist([dict(row, uri=spec.uri)]),
+                            fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
+        return {"episode": shown, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri,
+                "note": note}
     stale = stale_tables(lake, keys, prints)
     local, cleanup = _local_copy(spec.uri) if needs_frames(stale) else (spec.uri, lambda: None)
     try:

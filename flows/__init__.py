@@ -8,13 +8,14 @@ def artifact_key(kind: str, series: str) -> str:
     return f"{kind}-{series.lower()}".replace("_", "-").replace(".", "-")[:60]
 
 
-def _claim_local_api_port() -> None:
+def claim_local_api_port() -> None:
     """Give Prefect's temporary server (used when no PREFECT_API_URL is set) a port the kernel picked.
 
     Prefect picks a random free port in 8000-8999 and then health-checks it: two anitrack commands
     starting together can pick the same one, and the loser then talks to the winner's server until it
     exits ("Connection refused"); a machine with that range busy cannot start at all. The kernel
-    hands out ports no socket holds, from a range of ~28,000.
+    hands out ports no socket holds, from a range of ~28,000. Called just before a flow runs: it imports
+    Prefect's server (3 s), which commands that run no flow (query, export, report) never need.
     """
     if os.environ.get("PREFECT_API_URL"):
         return
@@ -38,4 +39,3 @@ def configure_prefect() -> None:
     # The temporary server (no PREFECT_API_URL) gets 20 s to start by default; on a busy 2-core machine it
     # can take longer (Prefect issues #15075, #20248), and the command then fails before any work.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    _claim_local_api_port()

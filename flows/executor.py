@@ -72,6 +72,9 @@ def execute(flow_fn, lake: str, series: str, command: str, held: str | None = No
             dask_address: str | None = None, **params):
     """Run ``flow_fn`` for one command: the series lock first, then the flow on the task runner its
     ``runner`` and ``parallel`` parameters choose (threads when it has none)."""
+    from anitrack.flows import claim_local_api_port
+
+    claim_local_api_port()
     runner = params.get("runner", "thread")
     runs_on = task_runner(runner, params.get("parallel", 0), dask_address)
     with series_lock(lake, series, command, held) as token:

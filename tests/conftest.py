@@ -111,13 +111,32 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return proc
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per test session, however many pytest-xdist workers ask for it: the first
+    builds it under a file lock, the others wait for it and share it (shared fixtures are only read).
+    ``build`` returns the path the fixture gives, inside ``folder``."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # the session's folder, above every worker's own
+    done = root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            folder = root / name
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed half way left
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def synth_series(tmp_path_factory) -> Path:
     """A small synthetic series (3 episodes of 16 s) with truth.json, rendered once per session."""
     from anitrack.synth import synthesize_series
 
-    out = tmp_path_factory.mktemp("synth")
-    return synthesize_series(out, series="mini", episodes=3, characters=4, seconds=16, seed=11)
+    return built_once(tmp_path_factory, "synth", lambda out: synthesize_series(
+        out, series="mini", episodes=3, characters=4, seconds=16, seed=11))
 
 
 @pytest.fixture(scope="session")
@@ -127,30 +146,39 @@ def synth_truth(synth_series) -> dict:
 
 @pytest.fixture(scope="session")
 def ingested_lake(synth_series, tmp_path_factory) -> Path:
-    """The synthetic series ingested once, offline, through the real CLI (Prefect ephemeral mode)."""
-    lake = tmp_path_factory.mktemp("lakes") / "lake"
-    run_cli("ingest", str(synth_series), "--lake", str(lake), "--series", "mini", check=True)
-    return lake
+    """The synthetic series ingested once, offline, through the real CLI."""
+    def build(out: Path) -> Path:
+        run_cli("ingest", str(synth_series), "--lake", str(out / "lake"), "--series", "mini", check=True)
+        return out / "lake"
+
+    return built_once(tmp_path_factory, "lakes", build)
 
 
 IDENTITY_TABLES = ("clusters", "characters", "appearances", "quality", "identity_runs", "identity_spaces",
                    "labels", "unknown_registry", "references")
 
 
-def copy_lake(src: Path, dst: Path) -> Path:
-    """A copy of a lake without its identity tables (shared fixtures are never written to)."""
-    shutil.copytree(src, dst, ignore=lambda folder, names: [n for n in names if Path(folder) == src
-                                                            and n in IDENTITY_TABLES])
+def copy_lake(src: Path, dst: Path, episodes: tuple[str, ...] | None = None) -> Path:
+    """A copy of a lake without its identity tables (shared fixtures are never written to), and with only
+    ``episodes``' partitions when given (as if the others had not arrived yet)."""
+    def ignore(folder, names):
+        return [n for n in names if (Path(folder) == src and n in IDENTITY_TABLES)
+                or (episodes is not None and n.startswith("episode=") and n[len("episode="):] not in episodes)]
+
+    shutil.copytree(src, dst, ignore=ignore)
     return dst
 
 
 @pytest.fixture(scope="session")
 def identified_lake(ingested_lake, synth_series, tmp_path_factory) -> Path:
     """A copy of the ingested series identified once with its gallery and truth; tests only read it."""
-    lake = copy_lake(ingested_lake, tmp_path_factory.mktemp("identified") / "lake")
-    run_cli("identify", "--lake", str(lake), "--series", "mini", "--references",
-            str(synth_series.parent / "references"), "--truth", str(synth_series / "truth.json"), check=True)
-    return lake
+    def build(out: Path) -> Path:
+        lake = copy_lake(ingested_lake, out / "lake")
+        run_cli("identify", "--lake", str(lake), "--series", "mini", "--references",
+                str(synth_series.parent / "references"), "--truth", str(synth_series / "truth.json"), check=True)
+        return lake
+
+    return built_once(tmp_path_factory, "identified", build)
 
 
 @pytest.fixture(scope="session")
@@ -158,18 +186,25 @@ def cast_series(tmp_path_factory):
     """4 episodes, 6 characters including a look-alike pair, with a reference gallery."""
     from anitrack.synth import synthesize_series
 
-    out = tmp_path_factory.mktemp("idsynth")
-    return synthesize_series(out, series="cast", episodes=4, characters=6, seconds=20, seed=5, lookalikes=1)
+    return built_once(tmp_path_factory, "idsynth", lambda out: synthesize_series(
+        out, series="cast", episodes=4, characters=6, seconds=20, seed=5, lookalikes=1))
 
 
 @pytest.fixture(scope="session")
 def cast_identified(cast_series, tmp_path_factory):
-    """The cast series run end to end with its gallery and truth: (lake, the run's process); tests only read it."""
-    lake = tmp_path_factory.mktemp("idlake") / "lake"
-    proc = run_cli("run", str(cast_series), "--lake", str(lake), "--series", "cast",
-                   "--references", str(cast_series.parent / "references"), "--truth",
-                   str(cast_series / "truth.json"), check=True)
-    return lake, proc
+    """The cast series run end to end with its gallery and truth: (lake, the run's process, its output
+    kept beside the lake); tests only read it."""
+    def build(out: Path) -> Path:
+        proc = run_cli("run", str(cast_series), "--lake", str(out / "lake"), "--series", "cast",
+                       "--references", str(cast_series.parent / "references"), "--truth",
+                       str(cast_series / "truth.json"), check=True)
+        (out / "stdout.txt").write_text(proc.stdout)
+        (out / "stderr.txt").write_text(proc.stderr)
+        return out / "lake"
+
+    lake = built_once(tmp_path_factory, "idlake", build)
+    out = lambda name: (lake.parent / name).read_text()  # noqa: E731
+    return lake, subprocess.CompletedProcess(["anitrack", "run"], 0, out("stdout.txt"), out("stderr.txt"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 
 from anitrack.lake import Lake
 from anitrack.sql import connect, run_query
-from tests.conftest import run_cli
+from tests.conftest import copy_lake, run_cli
 
 pytestmark = pytest.mark.slow  # runs the pipeline over video
 
@@ -205,19 +205,23 @@ def test_label_marks_noise_and_undo_takes_it_back(identified, tmp_path):
     assert proc.returncode == 1 and "no corrections to undo" in proc.stderr
 
 
-def test_adding_an_episode_keeps_unknown_labels(series, tmp_path):
-    """Without references every cluster is unknown_<n>; a new episode must not renumber the old ones."""
+def test_adding_an_episode_keeps_unknown_labels(series, identified, tmp_path):
+    """Without references every cluster is unknown_<n>; a new episode must not renumber the old ones.
+    Ingestion is the identified lake's: each run finds its episodes ingested and only identifies."""
     src = tmp_path / "src"
     src.mkdir()
     episodes = sorted(series.glob("*.mp4"))
     for ep in episodes[:3]:
         shutil.copy(ep, src / ep.name)
-    lake = tmp_path / "lake"
-    run_cli("run", str(src), "--lake", str(lake), "--series", "grow", check=True)
+    lake = copy_lake(identified[0], tmp_path / "lake", episodes=tuple(ep.stem for ep in episodes[:3]))
+    run_cli("run", str(src), "--lake", str(lake), "--series", "cast", check=True)
     before = {r["tracklet_id"]: r["character"] for r in q(lake, "SELECT tracklet_id, character FROM appearances")}
     assert before and all(c.startswith("unknown_") for c in before.values())
     shutil.copy(episodes[3], src / episodes[3].name)
-    run_cli("run", str(src), "--lake", str(lake), "--series", "grow", check=True)
+    for part in identified[0].glob(f"*/series=cast/episode={episodes[3].stem}"):  # the new episode's ingestion
+        shutil.copytree(part, lake / part.relative_to(identified[0]))
+    run_cli("run", str(src), "--lake", str(lake), "--series", "cast", check=True)
+    assert q(lake, "SELECT count(*) AS n FROM episodes") == [{"n": 4}]
     after = {r["tracklet_id"]: r["character"] for r in q(lake, "SELECT tracklet_id, character FROM appearances")}
     assert q(lake, "SELECT mode FROM identity_runs WHERE current") == [{"mode": "incremental"}]
     kept = [t for t in before if t in after]

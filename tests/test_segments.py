@@ -57,12 +57,13 @@ def test_flat_frames_carry_no_evidence_and_a_frame_keeps_its_hash_through_a_re_e
 
 
 def test_real_footage_shared_by_two_episodes_is_found_through_another_size_and_bitrate(tmp_path):
-    """Episode 1: a real clip (the opening) at 854x480, then its frames backwards; episode 2: the same clip
-    at 426x240 and a low bitrate, then its frames mirrored. Only the opening is shared."""
+    """Episode 1: a real clip (the opening) at 854x480, then its frames mirrored; episode 2: the same clip
+    at 426x240 and a low bitrate, then its frames upside down. Only the opening is shared (the frames
+    backwards would not do: the clip's held stills are the same pictures played backwards)."""
     clip = [f.rgb for f in iter_frames(str(real_clip("onepiece_demo.mp4")))]
     one, two = tmp_path / "ep1.mp4", tmp_path / "ep2.mp4"
-    _write(one, clip + clip[::-1], (854, 480), crf=18)
-    _write(two, clip + [np.ascontiguousarray(f[:, ::-1]) for f in clip], (426, 240), crf=38)
+    _write(one, clip + [np.ascontiguousarray(f[:, ::-1]) for f in clip], (854, 480), crf=18)
+    _write(two, clip + [np.ascontiguousarray(f[::-1]) for f in clip], (426, 240), crf=38)
     episodes = [{"episode": "ep1", "fps": 24.0, "hashes": _hashes(one)},
                 {"episode": "ep2", "fps": 24.0, "hashes": _hashes(two)}]
     found = find_segments(episodes, PARAMS)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from anitrack.lake import Lake
+from anitrack.stages import STAGE_TABLES
 from anitrack.sql import connect, run_query
 from tests.conftest import free_port, run_cli, start_prefect_server, stop_process_group
 
@@ -58,9 +59,11 @@ def _lake_rows(lake: Path, query: str) -> list[dict]:
 
 
 def _markers(lake: Path, episodes: tuple[str, ...]) -> dict[str, tuple[bytes, int]]:
-    """Every partition commit marker of these episodes, with its bytes and mtime."""
+    """The commit marker of every partition these episodes' own ingestion writes (its stages and its
+    ``episodes`` row), with its bytes and mtime; segments and the run log are the series' to rewrite."""
     return {str(p.relative_to(lake)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for e in episodes for p in lake.glob(f"*/series=svc/episode={e}/_COMMIT.json")}
+            for e in episodes for table in (*STAGE_TABLES, "episodes")
+            for p in lake.glob(f"{table}/series=svc/episode={e}/_COMMIT.json")}
 
 
 def test_serve_ingests_new_episodes_and_triggers_identify(prefect_server, tmp_path):
@@ -141,18 +144,25 @@ def _check_serve(client, procs, rendered: Path, source: Path, lake: Path) -> Non
     assert first_identify.parameters["sets"] == ["shots.backend=content"]
     assert _lake_rows(lake, "SELECT count(*) AS n FROM identity_runs_all WHERE series = 'svc'") == [{"n": 1}]
     before = _markers(lake, ("episode_01", "episode_02"))
-    assert len(before) == 14  # 7 episode tables x 2 episodes
+    assert len(before) == 2 * (len(STAGE_TABLES) + 1)
 
     # A new episode arrives: the next run ingests only it, and identity is refreshed over all three.
     shutil.copy(rendered / "episode_03.mp4", source / "episode_03.mp4")
     run_and_wait()
     assert _markers(lake, ("episode_01", "episode_02")) == before
     rows = _lake_rows(lake, "SELECT episode, count(DISTINCT run_id) AS runs FROM stage_runs "
-                            "WHERE series = 'svc' AND stage != 'identity' GROUP BY 1 ORDER BY 1")
+                            "WHERE series = 'svc' AND stage NOT IN ('identity', 'segments') GROUP BY 1 ORDER BY 1")
     assert [r["episode"] for r in rows] == ["episode_01", "episode_02", "episode_03"]
     assert all(r["runs"] == 1 for r in rows)
-    runs = _lake_rows(lake, "SELECT DISTINCT run_id FROM stage_runs WHERE series = 'svc' AND stage != 'identity'")
+    runs = _lake_rows(lake, "SELECT DISTINCT run_id FROM stage_runs WHERE series = 'svc' "
+                            "AND stage NOT IN ('identity', 'segments')")
     assert len(runs) == 2  # episode_03 came from the second ingest run, alone
+    # ... and the series step compared every episode with the two others (the older ones are redone:
+    # a third episode can turn a two-episode "preview" into an ending)
+    compared = _lake_rows(lake, "SELECT episode, json_extract(arg_max(parameters, finished_at), '$.compared_with') "
+                                "AS n FROM stage_runs WHERE series = 'svc' AND stage = 'segments' GROUP BY 1")
+    assert sorted((r["episode"], int(r["n"])) for r in compared) == [("episode_01", 2), ("episode_02", 2),
+                                                                    ("episode_03", 2)]
     _wait("identify-series after the second ingest", lambda: identify_runs(2), 120, procs)
     assert _lake_rows(lake, "SELECT count(*) AS n FROM identity_runs_all WHERE series = 'svc'") == [{"n": 2}]
     covered = _lake_rows(lake, "SELECT count(DISTINCT episode) AS n FROM clusters WHERE series = 'svc'")
