@@ -19,6 +19,18 @@ REAL = REPO.parent / "shared" / "data" / "real"
 ANITRACK = [sys.executable, "-m", "anitrack"]
 
 
+# The longest modules first (minutes on 2 cores), so that no worker is left with one at the end while the
+# others idle; the first two build different session lakes at once. Every other module follows, as collected.
+LONGEST_FIRST = ("test_ingest", "test_identify", "test_realart", "test_hub_models", "test_s3", "test_crash",
+                 "test_backfill", "test_segments", "test_service", "test_dask", "test_queries",
+                 "test_shot_boundaries")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
+
+
 def real_clip(name: str) -> Path:
     path = REAL / name
     if not path.exists():

@@ -59,7 +59,7 @@ def test_a_series_of_real_drawings_names_few_characters_wrong(tmp_path):
     """Shots of one or two real drawings, a gallery that leaves a quarter of the characters out:
     whatever anitrack names is (nearly always) right, and every name says how sure it is."""
     made = run_cli("synth", str(tmp_path / "art"), "--drawings", str(REALART), "--series", "art",
-                   "--episodes", "2", "--seconds", "40", "--seed", "4", check=True)
+                   "--episodes", "2", "--seconds", "24", "--seed", "4", check=True)
     folder = Path(made.stdout.strip().splitlines()[-1])
     truth = json.loads((folder / "truth.json").read_text())
     assert 0 < len(truth["gallery"]) < len(truth["characters"])
