@@ -1,8 +1,9 @@
 """Named analytics queries over the lake's views, defined once for the CLI, the report and the tests.
 
-Every query reads the current identity run (``appearances``, ``appearance_spans``, ``screen_time`` in
-``anitrack.sql``) and ``episodes`` / ``shots``. Times are unions of intervals, never sums of overlapping
-appearances. Parameters are bound as DuckDB ``$name`` placeholders, never formatted into SQL.
+Every query reads the current identity run (``story_spans``, ``screen_time`` in ``anitrack.sql``: the
+story, with the openings, endings, recaps, previews and repeats left out unless the connection includes
+them; ``timeline-shots`` lists every shot, segments included, as the clips export marks them) and
+``episodes`` / ``shots``. Times are unions of intervals, never sums of overlapping appearances. Parameters are bound as DuckDB ``$name`` placeholders, never formatted into SQL.
 
 Optional filters: ``episode`` keeps rows of one episode (queries with an ``episode`` column),
 ``character`` keeps rows naming that character (``character``, or either side of a co-appearance pair)
@@ -59,7 +60,7 @@ _QUERIES = [
         WITH {_EPISODE_ORDER},
         per AS (
             SELECT a.character, a.episode, eps.idx, min(a.start_s) AS first_s, max(a.end_s) AS last_s
-            FROM appearances a JOIN eps USING (episode) WHERE a.series = $series GROUP BY ALL),
+            FROM story_spans a JOIN eps USING (episode) WHERE a.series = $series GROUP BY ALL),
         gaps AS (
             SELECT *, idx - lag(idx) OVER (PARTITION BY character ORDER BY idx) - 1 AS gap FROM per)
         SELECT character, arg_min(episode, idx) AS first_episode, arg_min(first_s, idx) AS first_s,
@@ -71,7 +72,7 @@ _QUERIES = [
                "unions) per episode; rows with episode NULL are the series total.", """
         SELECT a.episode, a.character AS character_a, b.character AS character_b,
                sum(least(a.end_s, b.end_s) - greatest(a.start_s, b.start_s)) AS seconds
-        FROM appearance_spans a JOIN appearance_spans b
+        FROM story_spans a JOIN story_spans b
           ON a.series = b.series AND a.episode = b.episode AND a.character < b.character
              AND a.start_s < b.end_s AND b.start_s < a.end_s
         WHERE a.series = $series
@@ -90,7 +91,7 @@ _QUERIES = [
         WITH cut AS (
             SELECT episode, character, start_s, end_s,
                    unnest(range(floor(start_s / 60)::BIGINT, ceil(end_s / 60)::BIGINT)) AS minute
-            FROM appearance_spans WHERE series = $series)
+            FROM story_spans WHERE series = $series)
         SELECT episode, minute, character,
                sum(least(end_s, 60.0 * (minute + 1)) - greatest(start_s, 60.0 * minute)) AS seconds
         FROM cut GROUP BY ALL HAVING seconds > 0

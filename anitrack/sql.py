@@ -65,25 +65,33 @@ IDENTITY_VIEWS = [
        FROM appearance_spans s LEFT JOIN (SELECT series, character, min(confidence) AS confidence
                                           FROM characters GROUP BY ALL) c USING (series, character)
        GROUP BY ALL""",
-    # the seconds of each span inside the segments left out of screen time (an episode's segments are
-    # disjoint); {counted}: the segment kinds that count as story after all
-    """CREATE VIEW appearance_excluded AS
-       SELECT s.series, s.episode, s.character, s.start_s, s.end_s,
-              coalesce(sum(CASE WHEN g.kind IS NULL THEN 0.0  -- least/greatest skip NULLs: no segment, nothing out
-                                ELSE greatest(0.0, least(s.end_s, g.end_s) - greatest(s.start_s, g.start_s)) END),
-                       0.0) AS excluded_s
-       FROM appearance_spans s LEFT JOIN segments g
-            ON g.series = s.series AND g.episode = s.episode AND g.start_s < s.end_s AND g.end_s > s.start_s
-               AND NOT list_contains({counted}::VARCHAR[], g.kind)
-       GROUP BY ALL""",
+    # each character's spans with the segments left out cut away (what the named queries count): the pieces
+    # between a span's start, the segments inside it, and its end; {counted}: the segment kinds that count as
+    # story after all (an episode's segments are disjoint)
+    """CREATE VIEW story_spans AS
+       WITH cuts AS (
+           SELECT s.series, s.episode, s.character, s.start_s, s.end_s,
+                  greatest(g.start_s, s.start_s) AS c0, least(g.end_s, s.end_s) AS c1
+           FROM appearance_spans s JOIN segments g
+             ON g.series = s.series AND g.episode = s.episode AND g.start_s < s.end_s AND g.end_s > s.start_s
+                AND NOT list_contains({counted}::VARCHAR[], g.kind)),
+       pieces AS (
+           SELECT series, episode, character, c1 AS start_s,
+                  lead(c0, 1, end_s) OVER (PARTITION BY series, episode, character, start_s ORDER BY c0) AS end_s
+           FROM cuts
+           UNION ALL
+           SELECT series, episode, character, start_s, min(c0) FROM cuts GROUP BY series, episode, character, start_s
+           UNION ALL
+           SELECT s.series, s.episode, s.character, s.start_s, s.end_s FROM appearance_spans s
+           ANTI JOIN cuts c USING (series, episode, character, start_s))
+       SELECT * FROM pieces WHERE end_s > start_s""",
     # what screen-time answers by default: the story's seconds, openings, endings, recaps, previews and
     # other repeated footage left out (``excluded_s`` says how many seconds were)
     """CREATE VIEW screen_time AS
-       SELECT x.series, x.episode, x.character, sum(x.end_s - x.start_s - x.excluded_s) AS seconds,
-              sum(x.excluded_s) AS excluded_s, any_value(c.confidence) AS confidence
-       FROM appearance_excluded x LEFT JOIN (SELECT series, character, min(confidence) AS confidence
-                                             FROM characters GROUP BY ALL) c USING (series, character)
-       GROUP BY ALL""",
+       SELECT a.series, a.episode, a.character, coalesce(t.seconds, 0.0) AS seconds,
+              a.seconds - coalesce(t.seconds, 0.0) AS excluded_s, a.confidence
+       FROM screen_time_all a LEFT JOIN (SELECT series, episode, character, sum(end_s - start_s) AS seconds
+                                         FROM story_spans GROUP BY ALL) t USING (series, episode, character)""",
 ]
 
 
@@ -93,7 +101,7 @@ def connect(lake: Lake, memory_limit: str = "2GB", threads: int = 2, run: str | 
 
     ``run``: the identity views show that identity run instead of each series' current one
     (compare results before and after a backfill). ``include``: segment kinds (opening, ending, recap,
-    preview, repeat) whose seconds ``screen_time`` counts; by default it counts none of them."""
+    preview, repeat) that ``story_spans`` and ``screen_time`` count as story; by default none of them."""
     from anitrack.segments import KINDS
 
     unknown = [k for k in include if k not in KINDS]

@@ -94,7 +94,7 @@ def test_yolo_detects_batch_with_local_weights(yolo_dir, monkeypatch):
 @pytest.mark.slow
 def test_person_first_episode_cuts_the_face_inside_each_person_or_falls_back_to_the_upper_body(
         yolo_dir, monkeypatch, tmp_path):
-    """YOLO-shaped persons (the stand-in fires everywhere), then the face finder in the top of each person
+    """YOLO-shaped persons (the stand-in fires all over the frame), then the face finder in the top of each person
     box, then the upper-body fallback: every crop is one of the two, cut where the geometry says."""
     from anitrack.crops import face_anchored_box, upper_body_box
     from anitrack.episode import EpisodePipeline

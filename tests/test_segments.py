@@ -194,6 +194,33 @@ def test_screen_time_leaves_the_segments_out_unless_asked(made, lake):
 
 
 @pytest.mark.slow
+def test_the_other_named_queries_count_the_story_only_too(lake):
+    """Co-appearance, the per-minute timeline and presence leave the segments out as screen time does."""
+    from anitrack.queries import run_named
+
+    every = ("opening", "ending", "recap", "preview", "repeat")
+
+    def rows(name, **kw):
+        return run_named(connect(Lake(str(lake[0]), create=False), **kw), name, series="op").to_pylist()
+
+    for kw in ({}, {"include": every}):  # the minutes add up to the screen time, with or without the segments
+        minutes = sum(r["seconds"] for r in rows("timeline-minutes", **kw))
+        assert abs(minutes - sum(r["seconds"] for r in rows("screen-time", **kw))) < 1e-6
+
+    def pairs(**kw):
+        return {(r["character_a"], r["character_b"]): r["seconds"] for r in rows("coappearance", **kw)
+                if r["episode"] is None}
+
+    story, everything = pairs(), pairs(include=every)
+    assert everything and all(story.get(k, 0.0) <= v + 1e-9 for k, v in everything.items())
+    assert sum(story.values()) < sum(everything.values())  # the cast shares the opening
+    segments = q(lake[0], "SELECT episode, start_s, end_s FROM segments WHERE kind = 'opening'")
+    for r in rows("presence"):  # a first appearance is never inside an opening
+        opening = [s for s in segments if s["episode"] == r["first_episode"]]
+        assert not any(s["start_s"] < r["first_s"] < s["end_s"] for s in opening), (r, opening)
+
+
+@pytest.mark.slow
 def test_subtitles_and_the_report_show_the_segments(made, lake, tmp_path):
     _, truth = made
     srt = tmp_path / "ep3.srt"

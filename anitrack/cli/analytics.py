@@ -62,7 +62,7 @@ def _query_command(name: str):
                 fmt: str = typer.Option("table", "--format", help="table, csv, json or parquet (parquet needs --out)."),
                 out: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file."),
                 force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
-                include: str = typer.Option("", help="Count these segments as screen time after all: openings,"
+                include: str = typer.Option("", help="Count these segments as story after all: openings,"
                                                      "endings,recaps,previews,repeats (default: none of them).")):
         from anitrack.queries import QUERIES, run_named
         from anitrack.sql import QueryError, connect
