@@ -23,7 +23,7 @@ ANITRACK = [sys.executable, "-m", "anitrack"]
 # others idle; the first two build different session lakes at once. Every other module follows, as collected.
 LONGEST_FIRST = ("test_ingest", "test_identify", "test_realart", "test_hub_models", "test_s3", "test_crash",
                  "test_backfill", "test_segments", "test_service", "test_dask", "test_queries",
-                 "test_shot_boundaries")
+                 "test_shot_boundaries", "test_demo", "test_review", "test_synth")
 
 
 def pytest_collection_modifyitems(items):
