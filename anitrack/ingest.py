@@ -134,17 +134,17 @@ def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | Non
             return _failed(lake, spec, digest, size, f"source {spec.uri} changed since it was ingested "
                            f"(ingest it again instead of a backfill)", started, record)
     prints = fingerprints(digest, spec.config, models)
-    note, shown = None, spec.episode
+    note, shown, rows = None, spec.episode, []
     if record:
-        twin = _same_content(lake, spec, digest)
+        rows = lake.read("episodes", spec.series).to_pylist()
+        twin = _same_content(rows, spec, digest)
         if twin is not None:  # already ingested under another name: keep that episode, do not duplicate it
             note = f"renamed from {twin['episode']}"
             spec = EpisodeSpec(**dict(asdict(spec), episode=twin["episode"]))
             keys["episode"] = twin["episode"]
     if lake.fingerprint("episodes", **keys) == prints["episodes"]:
-        if record:  # a renamed or moved file: backfills read the source from where it is now
-            [row] = lake.read("episodes", spec.series, episode=keys["episode"]).to_pylist()
-            if row["uri"] != spec.uri:
+        for row in rows:  # a renamed or moved file: backfills read the source from where it is now
+            if row["episode"] == keys["episode"] and row["uri"] != spec.uri:
                 lake.commit("episodes", pa.Table.from_pylist([dict(row, uri=spec.uri)]),
                             fingerprint=prints["episodes"], run_id=spec.run_id, **keys)
         return {"episode": shown, "status": "skipped", "error": None, "seconds": 0.0, "uri": spec.uri,
@@ -163,9 +163,8 @@ def ingest_episode(spec: EpisodeSpec, progress: Callable[[int, int], None] | Non
     return result
 
 
-def _same_content(lake: Lake, spec: EpisodeSpec, digest: str) -> dict | None:
-    """The ok episode of this series holding exactly this file content under another name, if any."""
-    rows = lake.read("episodes", spec.series).to_pylist()
+def _same_content(rows: list[dict], spec: EpisodeSpec, digest: str) -> dict | None:
+    """The ok episode of the series' ``rows`` holding exactly this file content under another name, if any."""
     if any(r["episode"] == spec.episode and r["content_hash"] == digest for r in rows):
         return None
     return next((r for r in rows if r["status"] == "ok" and r["content_hash"] == digest), None)

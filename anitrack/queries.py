@@ -3,7 +3,8 @@
 Every query reads the current identity run (``story_spans``, ``screen_time`` in ``anitrack.sql``: the
 story, with the openings, endings, recaps, previews and repeats left out unless the connection includes
 them; ``timeline-shots`` lists every shot, segments included, as the clips export marks them) and
-``episodes`` / ``shots``. Times are unions of intervals, never sums of overlapping appearances. Parameters are bound as DuckDB ``$name`` placeholders, never formatted into SQL.
+``episodes`` / ``shots``. Times are unions of intervals, never sums of overlapping appearances.
+Parameters are bound as DuckDB ``$name`` placeholders, never formatted into SQL.
 
 Optional filters: ``episode`` keeps rows of one episode (queries with an ``episode`` column),
 ``character`` keeps rows naming that character (``character``, or either side of a co-appearance pair)

@@ -215,8 +215,8 @@ def cast_identified(cast_series, tmp_path_factory):
         return out / "lake"
 
     lake = built_once(tmp_path_factory, "idlake", build)
-    out = lambda name: (lake.parent / name).read_text()  # noqa: E731
-    return lake, subprocess.CompletedProcess(["anitrack", "run"], 0, out("stdout.txt"), out("stderr.txt"))
+    stdout, stderr = ((lake.parent / name).read_text() for name in ("stdout.txt", "stderr.txt"))
+    return lake, subprocess.CompletedProcess(["anitrack", "run"], 0, stdout, stderr)
 
 
 @pytest.fixture(scope="session")
