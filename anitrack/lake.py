@@ -35,6 +35,7 @@ COMMIT = "_COMMIT.json"
 STAGING = "_staging"
 LOCKS = "_locks"
 REMOTE_TIMEOUT_S = 20.0  # opening a remote lake: bucket check
+READ_ATTEMPTS = 5  # a read that lost a file to a concurrent commit lists the commits again, this many times
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -247,17 +248,25 @@ class Lake:
 
     def read(self, table: str, series: str | None = None, episode: str | None = None,
              columns: list[str] | None = None) -> pa.Table:
-        """Committed rows of a table (optionally one series / episode) as one Arrow table."""
+        """Committed rows of a table (optionally one series / episode) as one Arrow table.
+
+        A partition another writer replaces meanwhile (its old file is removed right after the new commit) is
+        read again from its new commit: parallel episode tasks read the series' rows while others commit."""
         schema = with_version(TABLES[table])
-        commits = self.commits(table, series)
-        if episode is not None:
-            commits = [c for c in commits if c["keys"].get("episode") == episode]
-        paths = [f"{c['dir']}/{name}" for c in commits for name in c["files"]]
-        if not paths:
-            empty = schema.empty_table()
-            return empty.select(columns) if columns else empty
-        parts = [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths]
-        return pa.concat_tables([conform(table, t, columns) for t in parts])
+        for attempt in range(READ_ATTEMPTS):
+            commits = self.commits(table, series)
+            if episode is not None:
+                commits = [c for c in commits if c["keys"].get("episode") == episode]
+            paths = [f"{c['dir']}/{name}" for c in commits for name in c["files"]]
+            if not paths:
+                empty = schema.empty_table()
+                return empty.select(columns) if columns else empty
+            try:
+                parts = [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths]
+                return pa.concat_tables([conform(table, t, columns) for t in parts])
+            except FileNotFoundError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
 
     # -- series lock ---------------------------------------------------------
     @contextlib.contextmanager

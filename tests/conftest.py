@@ -111,16 +111,67 @@ def _session_prefect_server():
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900,
             check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``anitrack`` command line in a child process, against the session's Prefect server
-    unless ``env`` names another PREFECT_API_URL ("" for Prefect's temporary server)."""
-    full_env = dict(os.environ, **(env or {}))
-    if "PREFECT_API_URL" not in (env or {}):
-        full_env["PREFECT_API_URL"] = session_api_url()
-    proc = subprocess.run([*ANITRACK, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run the real ``anitrack`` command line against the session's Prefect server: in this process (its
+    imports are paid once per session, not per call), or in a child process when ``env`` is given
+    (PREFECT_API_URL "" there means Prefect's temporary server)."""
+    if env is None:
+        proc = _run_cli_here(list(args), cwd)
+    else:
+        full_env = dict(os.environ, **env)
+        full_env.setdefault("PREFECT_API_URL", session_api_url())
+        proc = subprocess.run([*ANITRACK, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                              timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"anitrack {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def _run_cli_here(args: list[str], cwd: Path | None) -> subprocess.CompletedProcess:
+    """``anitrack.cli.main`` as ``python -m anitrack`` would run it: its own argv, working folder, exit code,
+    stdout and stderr (Prefect's console log and Python's default warnings included)."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from anitrack.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    consoles = [h for name in ("", *logging.root.manager.loggerDict) for h in logging.getLogger(name).handlers
+                if isinstance(h, PrefectConsoleHandler)]
+    files = [h.console.file for h in consoles]
+    argv, here, api = sys.argv, os.getcwd(), session_api_url()
+    saved_api = os.environ.get("PREFECT_API_URL")
+    code = 0
+    try:
+        sys.argv = ["anitrack", *args]
+        os.environ["PREFECT_API_URL"] = api
+        if cwd is not None:
+            os.chdir(cwd)
+        for h in consoles:
+            h.console.file = err
+        with temporary_settings({PREFECT_API_URL: api}), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's defaults, not pytest's: what a user's terminal would show
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            try:
+                main(args)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        for h, f in zip(consoles, files):
+            h.console.file = f
+        if saved_api is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved_api
+    return subprocess.CompletedProcess(["anitrack", *args], code, out.getvalue(), err.getvalue())
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:

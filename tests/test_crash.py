@@ -16,7 +16,7 @@ import pytest
 from anitrack.lake import Lake, LakeError
 from anitrack.stages import STAGE_TABLES
 from anitrack.schemas.tables import TABLES
-from tests.conftest import ANITRACK, run_cli
+from tests.conftest import ANITRACK, run_cli, session_api_url
 
 pytestmark = pytest.mark.slow  # runs the pipeline over video
 
@@ -55,13 +55,15 @@ def decoding(pid: int) -> bool:
 
 def kill_when(args, ready, lake) -> tuple[int, int]:
     """Start ingest, kill its whole process group as soon as ``ready(pid)`` holds; the lake's state then."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = dict(os.environ, PREFECT_API_URL=session_api_url())  # the session's server: no server start per run
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
     deadline = time.monotonic() + 600
     while not ready(proc.pid):
         assert proc.poll() is None, "ingest finished before the kill point"
         assert time.monotonic() < deadline, "the kill point never came"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the CLI, Prefect's server and every episode process
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and every episode process
     proc.wait()
     return committed(lake)
 
