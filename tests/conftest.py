@@ -127,8 +127,9 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 
 def _run_cli_here(args: list[str], cwd: Path | None) -> subprocess.CompletedProcess:
-    """``anitrack.cli.main`` as ``python -m anitrack`` would run it: its own argv, working folder, exit code,
-    stdout and stderr (Prefect's console log and Python's default warnings included)."""
+    """``anitrack.cli.main`` as ``python -m anitrack`` would run it: its own argv (which also names the program
+    in usage messages), working folder, exit code, stdout and stderr (Prefect's console log and Python's
+    default warnings included). No timeout of its own: pytest-timeout bounds the test."""
     import contextlib
     import io
     import logging
@@ -159,7 +160,7 @@ def _run_cli_here(args: list[str], cwd: Path | None) -> subprocess.CompletedProc
             for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
                 warnings.simplefilter("ignore", category)
             try:
-                main(args)
+                main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:

@@ -20,8 +20,8 @@ from anitrack.errors import debug_enabled, first_line
 COMMAND_MODULES = (pipeline, identity, analytics, manage, demo)  # importing each registers its commands
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: map errors to one line and an exit code (``argv``: the arguments, else ``sys.argv``'s)."""
+def main() -> None:
+    """Entry point: map errors to one line and an exit code."""
     from anitrack.flows import configure_prefect
 
     configure_prefect()
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         pass
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
